@@ -1,0 +1,218 @@
+//! Configuration: TOML file → raw serde structs → whole-file validation → an immutable snapshot.
+//!
+//! The snapshot (`Config`) is what the rest of the gateway reads, through `arc_swap` in
+//! `crate::state`. A reload builds a new snapshot from scratch; a file with any problem changes
+//! nothing and every problem comes back with its path (`service[0].function[1].timeout: …`).
+
+mod raw;
+mod units;
+mod validate;
+
+pub use units::{format_duration, parse_duration, parse_size};
+
+use http::Method;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+// Defaults, named so the docs (`config/reference.toml`) and the code say the same thing.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9443";
+pub const DEFAULT_DATA_DIR: &str = "data";
+pub const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+pub const DEFAULT_INSTANCE_CONCURRENCY: u32 = 1;
+pub const MAX_INSTANCE_CONCURRENCY: u32 = 10_000;
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+pub const DEFAULT_MAX_QUEUED: usize = 100;
+pub const MAX_MAX_QUEUED: usize = 1_000_000;
+pub const DEFAULT_MAX_QUEUE_WAIT: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_BODY: u64 = 32 * 1024 * 1024;
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+pub const DEFAULT_MAX_H2_STREAMS: u32 = 256;
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// One problem found in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in one file; never empty.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {} problem(s)",
+            self.file.display(),
+            self.problems.len()
+        )?;
+        for p in &self.problems {
+            write!(f, "\n  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The compiled, immutable configuration snapshot.
+#[derive(Debug)]
+pub struct Config {
+    pub file: PathBuf,
+    pub server: ServerSettings,
+    pub functions: Vec<Arc<FunctionSpec>>,
+    pub triggers: Vec<HttpTriggerSpec>,
+    pub log_stdout: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub tls: Option<TlsFiles>,
+    pub tls_reload_interval: Duration,
+    pub plaintext_listen: Option<SocketAddr>,
+    pub admin_listen: SocketAddr,
+    /// `None`: generate one into `data_dir/admin-token` at start-up.
+    pub admin_token: Option<Secret>,
+    pub data_dir: PathBuf,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    pub max_connections: usize,
+    pub max_h2_streams: u32,
+    pub shutdown_grace: Duration,
+}
+
+/// A secret value with where it came from; `Debug` never prints the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret {
+    pub source: String,
+    pub value: Vec<u8>,
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({}, redacted)", self.source)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionSpec {
+    pub service: String,
+    pub name: String,
+    /// `service/function`, the name used in logs, metrics and trigger references.
+    pub id: String,
+    pub instance_concurrency: u32,
+    pub timeout: Duration,
+    pub max_queued: usize,
+    pub max_queue_wait: Duration,
+    pub max_body: u64,
+    pub backend: BackendSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendSpec {
+    Static { endpoints: Vec<Endpoint> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `host:port` as written, used as the instance's stable identity.
+    pub authority: http::uri::Authority,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpTriggerSpec {
+    pub name: String,
+    /// Index into `Config::functions`.
+    pub function: usize,
+    pub host: Option<HostMatch>,
+    /// Normalised path prefix: starts with `/`, no trailing `/` (except the root itself).
+    pub path: Option<String>,
+    /// `None`: every method.
+    pub methods: Option<Vec<Method>>,
+    pub auth: AuthSpec,
+    pub strip_prefix: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostMatch {
+    Exact(String),
+    /// `*.example.com` stored as `.example.com`.
+    Suffix(String),
+}
+
+#[derive(Debug, Clone)]
+pub enum AuthSpec {
+    Anonymous,
+    Bearer(Secret),
+}
+
+/// Reads, parses, validates and compiles a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        problems: vec![Problem {
+            path: String::new(),
+            message: format!("cannot read {}: {e}", path.display()),
+        }],
+    })?;
+    let base = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    from_str(&text, path, &base)
+}
+
+/// Parses and compiles configuration text; relative paths resolve against `base`.
+pub fn from_str(text: &str, file: &Path, base: &Path) -> Result<Config, ConfigError> {
+    let raw = validate::parse(text).map_err(|p| ConfigError {
+        file: file.to_path_buf(),
+        problems: vec![p],
+    })?;
+    validate::compile(raw, file, base, &|name| std::env::var(name).ok()).map_err(|problems| {
+        ConfigError {
+            file: file.to_path_buf(),
+            problems,
+        }
+    })
+}
+
+#[cfg(test)]
+pub(crate) use validate::compile_with_env;

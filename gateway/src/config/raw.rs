@@ -1,0 +1,162 @@
+//! The configuration file as written: serde structs that mirror the TOML one to one.
+//!
+//! Nothing here is trusted: every struct denies unknown fields, and `validate.rs` turns these into
+//! the compiled snapshot, collecting every problem with its path. Keys that belong to capabilities
+//! this build does not implement yet are parsed loosely (`toml::Value`) so that validation can refuse
+//! them with a clear message instead of a serde error.
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    pub account: Option<toml::Value>,
+    #[serde(default)]
+    pub gpu: Vec<toml::Value>,
+    pub queue: Option<toml::Value>,
+    #[serde(default)]
+    pub service: Vec<RawService>,
+    #[serde(default)]
+    pub trigger: Vec<RawTrigger>,
+    #[serde(default)]
+    pub event_source: Vec<toml::Value>,
+    #[serde(default)]
+    pub plugin: Vec<toml::Value>,
+    pub telemetry: Option<RawTelemetry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub tls: Option<RawTls>,
+    pub plaintext_listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub admin_token: Option<RawSecret>,
+    pub data_dir: Option<String>,
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: String,
+    pub key: String,
+    /// How often the cert and key files are checked for changes.
+    pub reload_interval: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_header_bytes: Option<SizeValue>,
+    pub max_headers: Option<u64>,
+    pub header_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub tls_handshake_timeout: Option<String>,
+    pub max_connections: Option<u64>,
+    pub max_h2_streams: Option<u64>,
+    pub shutdown_grace: Option<String>,
+}
+
+/// A secret is never written in the file itself: it comes from the environment or a file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecret {
+    pub env: Option<String>,
+    pub file: Option<String>,
+}
+
+/// Sizes may be written as a number of bytes or as a string with a unit ("16MiB").
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub name: Option<String>,
+    #[serde(default)]
+    pub function: Vec<RawFunction>,
+    /// Settings functions inherit (log sink, network, env) arrive with the capabilities that use them.
+    pub log: Option<toml::Value>,
+    pub env: Option<toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFunction {
+    pub name: Option<String>,
+    pub instance_concurrency: Option<u64>,
+    pub timeout: Option<String>,
+    pub max_queued: Option<u64>,
+    pub max_queue_wait: Option<String>,
+    pub max_body: Option<SizeValue>,
+    pub backend: Option<RawBackend>,
+    pub gpu: Option<toml::Value>,
+    pub scaling: Option<toml::Value>,
+    #[serde(rename = "async")]
+    pub async_: Option<toml::Value>,
+    pub cpu: Option<toml::Value>,
+    pub memory: Option<toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    // Process backends (cold starts) are parsed so they can be refused by name, not by a serde error.
+    pub command: Option<toml::Value>,
+    pub env: Option<toml::Value>,
+    pub port_env: Option<toml::Value>,
+    pub readiness: Option<toml::Value>,
+    pub startup_timeout: Option<toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTrigger {
+    pub name: Option<String>,
+    pub kind: Option<String>,
+    pub function: Option<String>,
+    pub path: Option<String>,
+    pub host: Option<String>,
+    pub methods: Option<Vec<String>>,
+    /// `"anonymous"` or `{ bearer = { env = "…" } }` / `{ bearer = { file = "…" } }`; parsed in
+    /// validation so a mistake gets a message that names the accepted forms.
+    pub auth: Option<toml::Value>,
+    /// Whether the trigger's path prefix is removed before forwarding (default true).
+    pub strip_prefix: Option<bool>,
+    pub plugins: Option<Vec<String>>,
+    pub invocation: Option<String>,
+    // oss trigger keys, refused until object-storage triggers land
+    pub source: Option<toml::Value>,
+    pub events: Option<toml::Value>,
+    pub prefix: Option<toml::Value>,
+    pub suffix: Option<toml::Value>,
+    pub bucket: Option<toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    pub log: Option<RawLogSink>,
+    pub otlp: Option<toml::Value>,
+    pub traces: Option<toml::Value>,
+    pub metrics: Option<toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogSink {
+    pub stdout: Option<bool>,
+    pub file: Option<toml::Value>,
+}

@@ -1,0 +1,1014 @@
+//! Whole-file validation: every problem is collected with its path before anything is compiled.
+
+use super::raw::*;
+use super::*;
+use std::collections::{HashMap, HashSet};
+
+/// Parses TOML into the raw structs; a syntax error or an unknown key is reported with its path.
+pub(super) fn parse(text: &str) -> Result<RawConfig, Problem> {
+    let de = toml::Deserializer::parse(text).map_err(|e| Problem {
+        path: String::new(),
+        message: one_line(&e.to_string()),
+    })?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = one_line(&e.inner().to_string());
+        Problem {
+            path: if path == "." { String::new() } else { path },
+            message: inner,
+        }
+    })
+}
+
+/// toml's messages span several lines with a source excerpt; keep the first line and the location.
+fn one_line(msg: &str) -> String {
+    let lines: Vec<&str> = msg
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    // "TOML parse error at line 3, column 1" | "|" | "3 | foo" | "^^^" | "unknown field …"
+    let location = lines.iter().find(|l| l.starts_with("TOML parse error"));
+    let detail = lines.last().copied().unwrap_or("");
+    match location {
+        Some(loc) if *loc != detail => {
+            format!("{detail} ({})", loc.trim_start_matches("TOML parse error "))
+        }
+        _ => detail.to_string(),
+    }
+}
+
+/// Host and path of a trigger: two triggers with the same key compete on method.
+type RouteKey = (Option<HostMatch>, Option<String>);
+/// A trigger's name and its methods (`None`: all).
+type TriggerMethods = (String, Option<Vec<Method>>);
+
+struct Ctx<'a> {
+    problems: Vec<Problem>,
+    base: &'a Path,
+    env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn unsupported(&mut self, path: impl Into<String>, what: &str) {
+        self.err(
+            path,
+            format!("not supported by this build yet ({what}); remove this key"),
+        );
+    }
+
+    fn duration(
+        &mut self,
+        path: String,
+        v: &Option<String>,
+        default: Duration,
+        max: Duration,
+    ) -> Duration {
+        match v {
+            None => default,
+            Some(text) => match parse_duration(text) {
+                Ok(d) if d.is_zero() => {
+                    self.err(path, "must be greater than zero");
+                    default
+                }
+                Ok(d) if d > max => {
+                    self.err(
+                        path,
+                        format!("{text} exceeds the maximum of {}", format_duration(max)),
+                    );
+                    default
+                }
+                Ok(d) => d,
+                Err(m) => {
+                    self.err(path, m);
+                    default
+                }
+            },
+        }
+    }
+
+    fn size(
+        &mut self,
+        path: String,
+        v: &Option<SizeValue>,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> u64 {
+        let n = match v {
+            None => return default,
+            Some(SizeValue::Bytes(n)) => *n,
+            Some(SizeValue::Text(t)) => match parse_size(t) {
+                Ok(n) => n,
+                Err(m) => {
+                    self.err(path, m);
+                    return default;
+                }
+            },
+        };
+        if n < min || n > max {
+            self.err(path, format!("{n} bytes is outside {min}..={max}"));
+            return default;
+        }
+        n
+    }
+
+    fn count(&mut self, path: String, v: Option<u64>, default: u64, min: u64, max: u64) -> u64 {
+        match v {
+            None => default,
+            Some(n) if n < min || n > max => {
+                self.err(path, format!("{n} is outside {min}..={max}"));
+                default
+            }
+            Some(n) => n,
+        }
+    }
+
+    fn addr(
+        &mut self,
+        path: &str,
+        v: &Option<String>,
+        default: Option<&str>,
+    ) -> Option<SocketAddr> {
+        let text = v.as_deref().or(default)?;
+        match text.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(
+                    path,
+                    format!("`{text}` is not an address like \"127.0.0.1:8443\" or \"[::1]:8443\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn file_path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn secret(&mut self, path: &str, s: &RawSecret) -> Option<Secret> {
+        match (&s.env, &s.file) {
+            (Some(var), None) => match (self.env)(var) {
+                Some(v) if !v.trim().is_empty() => Some(Secret {
+                    source: format!("env {var}"),
+                    value: v.trim().as_bytes().to_vec(),
+                }),
+                _ => {
+                    self.err(
+                        format!("{path}.env"),
+                        format!("environment variable {var} is not set or empty"),
+                    );
+                    None
+                }
+            },
+            (None, Some(file)) => {
+                let full = self.file_path(file);
+                match std::fs::read_to_string(&full) {
+                    Ok(v) if !v.trim().is_empty() => Some(Secret {
+                        source: format!("file {}", full.display()),
+                        value: v.trim().as_bytes().to_vec(),
+                    }),
+                    Ok(_) => {
+                        self.err(
+                            format!("{path}.file"),
+                            format!("{} is empty", full.display()),
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        self.err(
+                            format!("{path}.file"),
+                            format!("cannot read {}: {e}", full.display()),
+                        );
+                        None
+                    }
+                }
+            }
+            _ => {
+                self.err(path, "give exactly one of `env` or `file`");
+                None
+            }
+        }
+    }
+}
+
+/// Checks a service or function name: it becomes a path segment, a metric label and a file name.
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+const NAME_RULE: &str = "use 1-64 of a-z, 0-9, `-`, `_`, starting with a letter or digit";
+
+pub(super) fn compile(
+    raw: RawConfig,
+    file: &Path,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Vec<Problem>> {
+    let mut cx = Ctx {
+        problems: Vec::new(),
+        base,
+        env,
+    };
+
+    // Capabilities that later releases implement: refused by name, never silently ignored.
+    if raw.account.is_some() {
+        cx.unsupported(
+            "account",
+            "GPU accounts and quotas arrive with GPU placement",
+        );
+    }
+    if !raw.gpu.is_empty() {
+        cx.unsupported("gpu", "GPU pools arrive with GPU placement");
+    }
+    if raw.queue.is_some() {
+        cx.unsupported("queue", "async invocations arrive with the durable queue");
+    }
+    if !raw.event_source.is_empty() {
+        cx.unsupported("event_source", "object-storage event sources");
+    }
+    if !raw.plugin.is_empty() {
+        cx.unsupported("plugin", "Wasm policy plugins");
+    }
+
+    let server = compile_server(&mut cx, &raw.server);
+
+    let mut log_stdout = true;
+    if let Some(t) = &raw.telemetry {
+        if t.otlp.is_some() {
+            cx.unsupported("telemetry.otlp", "OTLP export");
+        }
+        if t.traces.is_some() {
+            cx.unsupported("telemetry.traces", "OpenTelemetry traces");
+        }
+        if t.metrics.is_some() {
+            cx.unsupported(
+                "telemetry.metrics",
+                "metrics other than the Prometheus endpoint",
+            );
+        }
+        if let Some(log) = &t.log {
+            log_stdout = log.stdout.unwrap_or(true);
+            if log.file.is_some() {
+                cx.unsupported("telemetry.log.file", "file log sinks");
+            }
+        }
+    }
+
+    let mut functions: Vec<Arc<FunctionSpec>> = Vec::new();
+    let mut by_id: HashMap<String, usize> = HashMap::new();
+    let mut service_names = HashSet::new();
+    for (si, svc) in raw.service.iter().enumerate() {
+        let sp = format!("service[{si}]");
+        let sname = match &svc.name {
+            None => {
+                cx.err(format!("{sp}.name"), "missing");
+                continue;
+            }
+            Some(n) if !valid_name(n) => {
+                cx.err(
+                    format!("{sp}.name"),
+                    format!("`{n}` is not a valid name: {NAME_RULE}"),
+                );
+                continue;
+            }
+            Some(n) => n.clone(),
+        };
+        if !service_names.insert(sname.clone()) {
+            cx.err(
+                format!("{sp}.name"),
+                format!("service `{sname}` is defined twice"),
+            );
+        }
+        if svc.log.is_some() {
+            cx.unsupported(format!("{sp}.log"), "per-service log sinks");
+        }
+        if svc.env.is_some() {
+            cx.unsupported(
+                format!("{sp}.env"),
+                "service environment for process backends",
+            );
+        }
+        for (fi, f) in svc.function.iter().enumerate() {
+            let fp = format!("{sp}.function[{fi}]");
+            if let Some(spec) = compile_function(&mut cx, &fp, &sname, f) {
+                if by_id.contains_key(&spec.id) {
+                    cx.err(
+                        format!("{fp}.name"),
+                        format!("function `{}` is defined twice", spec.id),
+                    );
+                    continue;
+                }
+                by_id.insert(spec.id.clone(), functions.len());
+                functions.push(Arc::new(spec));
+            }
+        }
+    }
+
+    let mut triggers = Vec::new();
+    let mut trigger_names = HashSet::new();
+    let mut routes_seen: HashMap<RouteKey, Vec<TriggerMethods>> = HashMap::new();
+    for (ti, t) in raw.trigger.iter().enumerate() {
+        let tp = format!("trigger[{ti}]");
+        if let Some(spec) = compile_trigger(&mut cx, &tp, t, &by_id) {
+            if !trigger_names.insert(spec.name.clone()) {
+                cx.err(
+                    format!("{tp}.name"),
+                    format!("trigger `{}` is defined twice", spec.name),
+                );
+            }
+            // Two triggers on the same host and path must not claim the same method: the winner would
+            // depend on file order.
+            let key = (spec.host.clone(), spec.path.clone());
+            let others = routes_seen.entry(key).or_default();
+            for (other, other_methods) in others.iter() {
+                let overlap = match (&spec.methods, other_methods) {
+                    (None, _) | (_, None) => true,
+                    (Some(a), Some(b)) => a.iter().any(|m| b.contains(m)),
+                };
+                if overlap && spec.path.is_some() {
+                    cx.err(
+                        format!("{tp}.path"),
+                        format!("same host, path and method(s) as trigger `{other}`"),
+                    );
+                }
+            }
+            others.push((spec.name.clone(), spec.methods.clone()));
+            triggers.push(spec);
+        }
+    }
+
+    if cx.problems.is_empty() {
+        Ok(Config {
+            file: file.to_path_buf(),
+            server: server.expect("server settings compile when there are no problems"),
+            functions,
+            triggers,
+            log_stdout,
+        })
+    } else {
+        Err(cx.problems)
+    }
+}
+
+fn compile_server(cx: &mut Ctx<'_>, s: &RawServer) -> Option<ServerSettings> {
+    let listen = cx.addr("server.listen", &s.listen, Some(DEFAULT_LISTEN));
+    let plaintext_listen = cx.addr("server.plaintext_listen", &s.plaintext_listen, None);
+    let admin_listen = cx.addr(
+        "server.admin_listen",
+        &s.admin_listen,
+        Some(DEFAULT_ADMIN_LISTEN),
+    );
+    let tls = s.tls.as_ref().map(|t| TlsFiles {
+        cert: cx.file_path(&t.cert),
+        key: cx.file_path(&t.key),
+    });
+    let tls_reload_interval = cx.duration(
+        "server.tls.reload_interval".into(),
+        &s.tls.as_ref().and_then(|t| t.reload_interval.clone()),
+        DEFAULT_TLS_RELOAD_INTERVAL,
+        Duration::from_secs(3600),
+    );
+    let admin_token = s
+        .admin_token
+        .as_ref()
+        .and_then(|t| cx.secret("server.admin_token", t));
+    let data_dir = cx.file_path(s.data_dir.as_deref().unwrap_or(DEFAULT_DATA_DIR));
+
+    let l = &s.limits;
+    let limits = Limits {
+        max_header_bytes: cx.size(
+            "server.limits.max_header_bytes".into(),
+            &l.max_header_bytes,
+            DEFAULT_MAX_HEADER_BYTES as u64,
+            1024,
+            1 << 20,
+        ) as usize,
+        max_headers: cx.count(
+            "server.limits.max_headers".into(),
+            l.max_headers,
+            DEFAULT_MAX_HEADERS as u64,
+            8,
+            1000,
+        ) as usize,
+        header_read_timeout: cx.duration(
+            "server.limits.header_read_timeout".into(),
+            &l.header_read_timeout,
+            DEFAULT_HEADER_READ_TIMEOUT,
+            Duration::from_secs(600),
+        ),
+        idle_timeout: cx.duration(
+            "server.limits.idle_timeout".into(),
+            &l.idle_timeout,
+            DEFAULT_IDLE_TIMEOUT,
+            Duration::from_secs(3600),
+        ),
+        tls_handshake_timeout: cx.duration(
+            "server.limits.tls_handshake_timeout".into(),
+            &l.tls_handshake_timeout,
+            DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+            Duration::from_secs(600),
+        ),
+        max_connections: cx.count(
+            "server.limits.max_connections".into(),
+            l.max_connections,
+            DEFAULT_MAX_CONNECTIONS as u64,
+            1,
+            1_000_000,
+        ) as usize,
+        max_h2_streams: cx.count(
+            "server.limits.max_h2_streams".into(),
+            l.max_h2_streams,
+            DEFAULT_MAX_H2_STREAMS as u64,
+            1,
+            10_000,
+        ) as u32,
+        shutdown_grace: cx.duration(
+            "server.limits.shutdown_grace".into(),
+            &l.shutdown_grace,
+            DEFAULT_SHUTDOWN_GRACE,
+            Duration::from_secs(3600),
+        ),
+    };
+
+    let (listen, admin_listen) = (listen?, admin_listen?);
+    let mut seen = vec![
+        ("server.listen", listen),
+        ("server.admin_listen", admin_listen),
+    ];
+    if let Some(p) = plaintext_listen {
+        seen.push(("server.plaintext_listen", p));
+    }
+    for i in 0..seen.len() {
+        for j in 0..i {
+            if seen[i].1 == seen[j].1 && seen[i].1.port() != 0 {
+                cx.err(seen[i].0, format!("{} is also {}", seen[i].1, seen[j].0));
+            }
+        }
+    }
+    Some(ServerSettings {
+        listen,
+        tls,
+        tls_reload_interval,
+        plaintext_listen,
+        admin_listen,
+        admin_token,
+        data_dir,
+        limits,
+    })
+}
+
+fn compile_function(
+    cx: &mut Ctx<'_>,
+    fp: &str,
+    service: &str,
+    f: &RawFunction,
+) -> Option<FunctionSpec> {
+    let name = match &f.name {
+        None => {
+            cx.err(format!("{fp}.name"), "missing");
+            return None;
+        }
+        Some(n) if !valid_name(n) => {
+            cx.err(
+                format!("{fp}.name"),
+                format!("`{n}` is not a valid name: {NAME_RULE}"),
+            );
+            return None;
+        }
+        Some(n) => n.clone(),
+    };
+    for (key, val, what) in [
+        ("gpu", f.gpu.is_some(), "GPU placement"),
+        (
+            "scaling",
+            f.scaling.is_some(),
+            "on-demand and provisioned scaling",
+        ),
+        ("async", f.async_.is_some(), "async invocations"),
+        (
+            "cpu",
+            f.cpu.is_some(),
+            "instance specs for process backends",
+        ),
+        (
+            "memory",
+            f.memory.is_some(),
+            "instance specs for process backends",
+        ),
+    ] {
+        if val {
+            cx.unsupported(format!("{fp}.{key}"), what);
+        }
+    }
+    let instance_concurrency = cx.count(
+        format!("{fp}.instance_concurrency"),
+        f.instance_concurrency,
+        DEFAULT_INSTANCE_CONCURRENCY as u64,
+        1,
+        MAX_INSTANCE_CONCURRENCY as u64,
+    ) as u32;
+    let timeout = cx.duration(
+        format!("{fp}.timeout"),
+        &f.timeout,
+        DEFAULT_TIMEOUT,
+        MAX_TIMEOUT,
+    );
+    let max_queued = cx.count(
+        format!("{fp}.max_queued"),
+        f.max_queued,
+        DEFAULT_MAX_QUEUED as u64,
+        0,
+        MAX_MAX_QUEUED as u64,
+    ) as usize;
+    let max_queue_wait = cx.duration(
+        format!("{fp}.max_queue_wait"),
+        &f.max_queue_wait,
+        DEFAULT_MAX_QUEUE_WAIT,
+        Duration::from_secs(3600),
+    );
+    let max_body = cx.size(
+        format!("{fp}.max_body"),
+        &f.max_body,
+        DEFAULT_MAX_BODY,
+        0,
+        1 << 40,
+    );
+
+    let backend = match &f.backend {
+        None => {
+            cx.err(format!("{fp}.backend"), "missing; e.g. backend = { kind = \"static\", endpoints = [\"http://127.0.0.1:9001\"] }");
+            None
+        }
+        Some(b) => compile_backend(cx, &format!("{fp}.backend"), b),
+    };
+    Some(FunctionSpec {
+        id: format!("{service}/{name}"),
+        service: service.to_string(),
+        name,
+        instance_concurrency,
+        timeout,
+        max_queued,
+        max_queue_wait,
+        max_body,
+        backend: backend?,
+    })
+}
+
+fn compile_backend(cx: &mut Ctx<'_>, bp: &str, b: &RawBackend) -> Option<BackendSpec> {
+    match b.kind.as_deref() {
+        Some("static") => {}
+        Some("process") => {
+            cx.unsupported(format!("{bp}.kind"), "process backends with cold starts");
+            return None;
+        }
+        Some(other) => {
+            cx.err(
+                format!("{bp}.kind"),
+                format!("unknown backend kind `{other}`; expected \"static\""),
+            );
+            return None;
+        }
+        None => {
+            cx.err(format!("{bp}.kind"), "missing; expected \"static\"");
+            return None;
+        }
+    }
+    for (key, present) in [
+        ("command", b.command.is_some()),
+        ("env", b.env.is_some()),
+        ("port_env", b.port_env.is_some()),
+        ("readiness", b.readiness.is_some()),
+        ("startup_timeout", b.startup_timeout.is_some()),
+    ] {
+        if present {
+            cx.err(format!("{bp}.{key}"), "only process backends take this key");
+        }
+    }
+    if b.endpoints.is_empty() {
+        cx.err(
+            format!("{bp}.endpoints"),
+            "a static backend needs at least one endpoint",
+        );
+        return None;
+    }
+    let mut endpoints = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, e) in b.endpoints.iter().enumerate() {
+        let ep = format!("{bp}.endpoints[{i}]");
+        match parse_endpoint(e) {
+            Ok(authority) => {
+                if !seen.insert(authority.clone()) {
+                    cx.err(ep, format!("`{e}` is listed twice"));
+                } else {
+                    endpoints.push(Endpoint { authority });
+                }
+            }
+            Err(m) => cx.err(ep, m),
+        }
+    }
+    Some(BackendSpec::Static { endpoints })
+}
+
+fn parse_endpoint(e: &str) -> Result<http::uri::Authority, String> {
+    let uri: http::Uri = e
+        .parse()
+        .map_err(|_| format!("`{e}` is not a URL like \"http://127.0.0.1:9001\""))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!("`{e}`: only http:// endpoints are supported"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!(
+            "`{e}`: an endpoint is scheme://host:port, without a path"
+        ));
+    }
+    let auth = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("`{e}` has no host"))?;
+    if auth.port_u16().is_none() {
+        return Err(format!("`{e}` needs an explicit port"));
+    }
+    Ok(auth)
+}
+
+fn compile_trigger(
+    cx: &mut Ctx<'_>,
+    tp: &str,
+    t: &RawTrigger,
+    by_id: &HashMap<String, usize>,
+) -> Option<HttpTriggerSpec> {
+    let name = match &t.name {
+        Some(n) if !n.is_empty() => n.clone(),
+        _ => {
+            cx.err(format!("{tp}.name"), "missing");
+            return None;
+        }
+    };
+    match t.kind.as_deref() {
+        Some("http") => {}
+        Some("oss") => {
+            cx.unsupported(format!("{tp}.kind"), "object-storage (oss) triggers");
+            return None;
+        }
+        Some(other) => {
+            cx.err(
+                format!("{tp}.kind"),
+                format!("unknown trigger kind `{other}`; expected \"http\" or \"oss\""),
+            );
+            return None;
+        }
+        None => {
+            cx.err(format!("{tp}.kind"), "missing; expected \"http\"");
+            return None;
+        }
+    }
+    for (key, present) in [
+        ("source", t.source.is_some()),
+        ("events", t.events.is_some()),
+        ("prefix", t.prefix.is_some()),
+        ("suffix", t.suffix.is_some()),
+        ("bucket", t.bucket.is_some()),
+    ] {
+        if present {
+            cx.err(format!("{tp}.{key}"), "only oss triggers take this key");
+        }
+    }
+    if t.plugins.as_ref().is_some_and(|p| !p.is_empty()) {
+        cx.unsupported(format!("{tp}.plugins"), "Wasm policy plugins");
+    }
+    match t.invocation.as_deref() {
+        None | Some("sync") => {}
+        Some("async") => cx.unsupported(format!("{tp}.invocation"), "async invocations"),
+        Some(other) => cx.err(
+            format!("{tp}.invocation"),
+            format!("`{other}`: expected \"sync\" or \"async\""),
+        ),
+    }
+
+    let function = match &t.function {
+        None => {
+            cx.err(
+                format!("{tp}.function"),
+                "missing; write \"service/function\"",
+            );
+            None
+        }
+        Some(f) => match by_id.get(f) {
+            Some(i) => Some(*i),
+            None => {
+                cx.err(
+                    format!("{tp}.function"),
+                    format!("no function `{f}` is defined (write \"service/function\")"),
+                );
+                None
+            }
+        },
+    };
+
+    let path = match &t.path {
+        None => None,
+        Some(p) if !p.starts_with('/') => {
+            cx.err(format!("{tp}.path"), format!("`{p}` must start with `/`"));
+            None
+        }
+        Some(p) if p.contains(['?', '#', '*']) || p.contains("//") => {
+            cx.err(
+                format!("{tp}.path"),
+                format!("`{p}` must be a plain path prefix (no `?`, `#`, `*` or `//`)"),
+            );
+            None
+        }
+        Some(p) => {
+            let trimmed = p.trim_end_matches('/');
+            Some(if trimmed.is_empty() {
+                "/".to_string()
+            } else {
+                trimmed.to_string()
+            })
+        }
+    };
+    let host = match &t.host {
+        None => None,
+        Some(h) => {
+            let h = h.to_ascii_lowercase();
+            let bare = h.strip_prefix("*.").unwrap_or(&h);
+            if bare.is_empty()
+                || !bare
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            {
+                cx.err(
+                    format!("{tp}.host"),
+                    format!("`{h}` is not a host name (a leading `*.` is allowed)"),
+                );
+                None
+            } else if h.starts_with("*.") {
+                Some(HostMatch::Suffix(h[1..].to_string()))
+            } else {
+                Some(HostMatch::Exact(h))
+            }
+        }
+    };
+    if t.path.is_none() && t.host.is_none() && function.is_some() {
+        // Still useful: the function's canonical path takes this trigger's methods and auth.
+    }
+    let methods = match &t.methods {
+        None => None,
+        Some(ms) if ms.is_empty() => {
+            cx.err(
+                format!("{tp}.methods"),
+                "empty; leave it out to allow every method",
+            );
+            None
+        }
+        Some(ms) => {
+            let mut out = Vec::new();
+            for (i, m) in ms.iter().enumerate() {
+                let up = m.to_ascii_uppercase();
+                match Method::from_bytes(up.as_bytes()) {
+                    Ok(method) if up.bytes().all(|b| b.is_ascii_uppercase()) => out.push(method),
+                    _ => cx.err(
+                        format!("{tp}.methods[{i}]"),
+                        format!("`{m}` is not an HTTP method"),
+                    ),
+                }
+            }
+            Some(out)
+        }
+    };
+    let auth = match &t.auth {
+        None => AuthSpec::Anonymous,
+        Some(toml::Value::String(s)) if s == "anonymous" => AuthSpec::Anonymous,
+        Some(toml::Value::Table(tbl)) if tbl.len() == 1 && tbl.contains_key("bearer") => {
+            let parsed: Result<RawSecret, _> = tbl["bearer"].clone().try_into();
+            match parsed {
+                Ok(secret) => match cx.secret(&format!("{tp}.auth.bearer"), &secret) {
+                    Some(s) => AuthSpec::Bearer(s),
+                    None => AuthSpec::Anonymous,
+                },
+                Err(e) => {
+                    cx.err(format!("{tp}.auth.bearer"), one_line(&e.to_string()));
+                    AuthSpec::Anonymous
+                }
+            }
+        }
+        Some(other) => {
+            cx.err(
+                format!("{tp}.auth"),
+                format!("`{other}`: expected \"anonymous\" or {{ bearer = {{ env = \"VAR\" }} }} or {{ bearer = {{ file = \"path\" }} }}"),
+            );
+            AuthSpec::Anonymous
+        }
+    };
+    Some(HttpTriggerSpec {
+        name,
+        function: function?,
+        host,
+        path,
+        methods,
+        auth,
+        strip_prefix: t.strip_prefix.unwrap_or(true),
+    })
+}
+
+#[cfg(test)]
+pub(crate) fn compile_with_env(text: &str, env: &[(&str, &str)]) -> Result<Config, Vec<Problem>> {
+    let raw = parse(text).map_err(|p| vec![p])?;
+    let env: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    compile(raw, Path::new("test.toml"), Path::new("/cfg"), &|k| {
+        env.get(k).cloned()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        compile_with_env(text, &[])
+            .expect_err("config should be rejected")
+            .iter()
+            .map(|p| p.to_string())
+            .collect()
+    }
+
+    const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:8443"
+
+[[service]]
+name = "demo"
+
+[[service.function]]
+name = "echo"
+instance_concurrency = 2
+timeout = "30s"
+backend = { kind = "static", endpoints = ["http://127.0.0.1:9001", "http://127.0.0.1:9002"] }
+
+[[trigger]]
+name = "echo-http"
+kind = "http"
+function = "demo/echo"
+path = "/echo/"
+methods = ["GET", "post"]
+auth = { bearer = { env = "ECHO_TOKEN" } }
+"#;
+
+    #[test]
+    fn good_config_compiles_with_defaults() {
+        let c = compile_with_env(GOOD, &[("ECHO_TOKEN", "s3cret")]).unwrap();
+        assert_eq!(c.functions.len(), 1);
+        let f = &c.functions[0];
+        assert_eq!(f.id, "demo/echo");
+        assert_eq!(f.instance_concurrency, 2);
+        assert_eq!(f.max_queued, DEFAULT_MAX_QUEUED);
+        assert_eq!(f.max_queue_wait, DEFAULT_MAX_QUEUE_WAIT);
+        assert_eq!(c.triggers[0].path.as_deref(), Some("/echo"));
+        assert_eq!(
+            c.triggers[0].methods.as_ref().unwrap(),
+            &[Method::GET, Method::POST]
+        );
+        assert!(matches!(&c.triggers[0].auth, AuthSpec::Bearer(s) if s.value == b"s3cret"));
+        assert_eq!(c.server.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
+        assert_eq!(c.server.data_dir, Path::new("/cfg/data"));
+        // The secret never shows in debug output.
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn unknown_key_is_reported_with_its_path() {
+        let text = GOOD.replace("timeout = \"30s\"", "timeout = \"30s\"\ncolour = \"blue\"");
+        let p = problems(&text);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with(
+                "service[0].function[0].colour: unknown field `colour`, expected one of `name`"
+            ),
+            "{}",
+            p[0]
+        );
+        assert!(p[0].ends_with("(at line 12, column 1)"), "{}", p[0]);
+    }
+
+    #[test]
+    fn every_problem_is_collected() {
+        let text = r#"
+[server]
+listen = "nowhere"
+[[service]]
+name = "Demo"
+[[service]]
+name = "svc"
+[[service.function]]
+name = "a"
+instance_concurrency = 0
+timeout = "30"
+max_queue_wait = "5 parsecs"
+backend = { kind = "static", endpoints = ["ftp://x:1", "http://127.0.0.1"] }
+gpu = { type = "A10", memory_gb = 12 }
+[[service.function]]
+name = "b"
+backend = { kind = "process", command = ["python3"] }
+[[trigger]]
+name = "t"
+kind = "http"
+function = "svc/missing"
+path = "no-slash"
+methods = ["FETCH!"]
+auth = "password"
+[[trigger]]
+name = "u"
+kind = "oss"
+function = "svc/a"
+"#;
+        let p = problems(text);
+        let expect = [
+            "server.listen: `nowhere` is not an address",
+            "service[0].name: `Demo` is not a valid name",
+            "service[1].function[0].gpu: not supported by this build yet (GPU placement)",
+            "service[1].function[0].instance_concurrency: 0 is outside 1..=10000",
+            "service[1].function[0].timeout: `30` has no unit",
+            "service[1].function[0].max_queue_wait: `5 parsecs`: unknown unit",
+            "service[1].function[0].backend.endpoints[0]: `ftp://x:1`: only http:// endpoints",
+            "service[1].function[0].backend.endpoints[1]: `http://127.0.0.1` needs an explicit port",
+            "service[1].function[1].backend.kind: not supported by this build yet (process backends",
+            "trigger[0].function: no function `svc/missing`",
+            "trigger[0].path: `no-slash` must start with `/`",
+            "trigger[0].methods[0]: `FETCH!` is not an HTTP method",
+            "trigger[0].auth: `\"password\"`: expected \"anonymous\"",
+            "trigger[1].kind: not supported by this build yet (object-storage (oss) triggers)",
+        ];
+        for e in expect {
+            assert!(
+                p.iter().any(|x| x.starts_with(e)),
+                "missing {e:?} in\n{}",
+                p.join("\n")
+            );
+        }
+        assert_eq!(p.len(), expect.len(), "{}", p.join("\n"));
+    }
+
+    #[test]
+    fn missing_token_env_is_a_problem() {
+        let p = problems(GOOD);
+        assert_eq!(
+            p,
+            vec!["trigger[0].auth.bearer.env: environment variable ECHO_TOKEN is not set or empty"]
+        );
+    }
+
+    #[test]
+    fn duplicate_routes_and_names() {
+        let text = GOOD.to_string()
+            + r#"
+[[trigger]]
+name = "echo-http"
+kind = "http"
+function = "demo/echo"
+path = "/echo"
+methods = ["POST"]
+"#;
+        let p = compile_with_env(&text, &[("ECHO_TOKEN", "x")]).unwrap_err();
+        let p: Vec<String> = p.iter().map(|p| p.to_string()).collect();
+        assert!(
+            p.iter()
+                .any(|x| x.contains("trigger `echo-http` is defined twice")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|x| x.contains("same host, path and method(s)")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn syntax_error_has_location() {
+        let p = problems("[server\nlisten = 1");
+        assert_eq!(p.len(), 1);
+        assert!(p[0].contains("line 1"), "{}", p[0]);
+    }
+}

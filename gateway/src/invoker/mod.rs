@@ -1,0 +1,543 @@
+//! The invoker: one public request in, one invocation out.
+//!
+//! Stages, in order (data flows one way):
+//!  1. trigger match (404 / 405) and auth (401)
+//!  2. admission: body limit from Content-Length (413)
+//!  3. scheduling: a slot on an instance, or the bounded queue (429)
+//!  4. forwarding: stream the request to the instance, stream the response back (502 / 504)
+//!  5. telemetry: one log line and the metrics, when the response body ends or is abandoned
+//!
+//! The slot is held by the response body, so an instance counts as busy until the last byte has
+//! gone to the client (or the client has gone away).
+
+use crate::backend::{
+    self, BodyLimitExceeded, UpstreamBody, X_INSTANCE_ID, X_INSTANCE_KIND, X_REQUEST_ID,
+};
+use crate::body::{BoxError, ResponseBody};
+use crate::error::GatewayError;
+use crate::scheduler::{Acquired, ScheduleError, Slot};
+use crate::state::{Gateway, Runtime};
+use crate::telemetry::{self, InvocationLog, Reject, RequestId, UpstreamFailure};
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, Uri, Version, header};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::time::Sleep;
+
+/// What the listener knows about the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// Handles one request on the public listener. Never fails: errors become responses here.
+pub async fn handle(
+    gw: Arc<Gateway>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let start = Instant::now();
+    let request_id = telemetry::next_request_id();
+    let rt = gw.runtime();
+    let mut record = Record::new(rt.clone(), request_id, conn, &req, start);
+    match invoke(&gw, &rt, conn, req, &mut record).await {
+        Ok(resp) => resp,
+        Err(err) => {
+            record.status = err.status().as_u16();
+            record.error = Some(err.to_string());
+            let mut resp = err.into_response(request_id.as_str());
+            resp.headers_mut()
+                .insert(X_REQUEST_ID.clone(), request_id.header_value());
+            record.finish();
+            resp
+        }
+    }
+}
+
+async fn invoke(
+    gw: &Gateway,
+    rt: &Arc<Runtime>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+    record: &mut Record,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    // 1. Trigger match and auth.
+    // Owned (a refcount bump) because the request is taken apart before the host is used again.
+    let host_value = request_host(&req);
+    let host = host_value.as_ref().and_then(|v| v.to_str().ok());
+    let host_no_port = host.map(strip_port);
+    let path = req.uri().path();
+    let (trigger, fidx, rest) = match rt.router.route(host_no_port, req.method(), path) {
+        crate::trigger::Route::Matched {
+            trigger,
+            function,
+            rest,
+        } => (trigger, function, rest),
+        crate::trigger::Route::NotFound => {
+            telemetry::rejected_unrouted();
+            return Err(GatewayError::NotFound {
+                path: path.to_string(),
+            });
+        }
+        crate::trigger::Route::MethodNotAllowed { allow } => {
+            return Err(GatewayError::MethodNotAllowed {
+                method: req.method().to_string(),
+                allow,
+            });
+        }
+    };
+    let function = &rt.functions[fidx];
+    let spec = function.spec().clone();
+    record.trigger = Some(trigger_index(rt, trigger));
+    record.function = Some(fidx);
+    if !crate::trigger::authorize(&trigger.auth, req.headers().get(header::AUTHORIZATION)) {
+        function.metrics.rejected(Reject::Unauthorized);
+        return Err(GatewayError::Unauthorized {
+            trigger: trigger.name.clone(),
+        });
+    }
+
+    // 2. Admission: a declared length over the limit is refused before taking a slot.
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > spec.max_body
+    {
+        function.metrics.rejected(Reject::BodyTooLarge);
+        return Err(GatewayError::BodyTooLarge {
+            function: spec.id.clone(),
+            limit: spec.max_body,
+        });
+    }
+
+    // 3. Scheduling.
+    let Acquired { slot, queue_wait } = match function.acquire(0).await {
+        Ok(a) => a,
+        Err(ScheduleError::QueueFull { max_queued }) => {
+            function.metrics.rejected(Reject::QueueFull);
+            return Err(GatewayError::QueueFull {
+                function: spec.id.clone(),
+                max_queued,
+            });
+        }
+        Err(ScheduleError::QueueTimeout { waited }) => {
+            function.metrics.rejected(Reject::QueueTimeout);
+            record.queue_wait = waited;
+            return Err(GatewayError::QueueTimeout {
+                function: spec.id.clone(),
+                waited_ms: waited.as_millis() as u64,
+            });
+        }
+        Err(ScheduleError::Retired) => {
+            return Err(GatewayError::FunctionRetired {
+                function: spec.id.clone(),
+            });
+        }
+    };
+    function.metrics.queue_wait.record(queue_wait.as_secs_f64());
+    record.queue_wait = queue_wait;
+    let instance = slot.instance().clone();
+    record.instance = Some(instance.clone());
+
+    // 4. Forwarding.
+    let deadline = tokio::time::Instant::from_std(start_of(record)) + spec.timeout;
+    let upstream_uri = {
+        let pq = match req.uri().query() {
+            Some(q) => format!("{rest}?{q}"),
+            None => rest.to_string(),
+        };
+        Uri::builder()
+            .scheme("http")
+            .authority(instance.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|e| GatewayError::BadRequest(format!("cannot forward this path: {e}")))?
+    };
+    let strip_authorization = matches!(trigger.auth, crate::config::AuthSpec::Bearer(_));
+    let (mut parts, body) = req.into_parts();
+    backend::strip_hop_by_hop(&mut parts.headers);
+    backend::add_forwarded(&mut parts.headers, conn.peer.ip(), conn.tls, host);
+    if strip_authorization {
+        // The bearer token is the gateway's credential, not the function's.
+        parts.headers.remove(header::AUTHORIZATION);
+    }
+    if let Some(h) = host_value.clone() {
+        parts.headers.insert(header::HOST, h);
+    }
+    parts
+        .headers
+        .insert(X_REQUEST_ID.clone(), record.request_id.header_value());
+    parts.uri = upstream_uri;
+    parts.version = Version::HTTP_11;
+    let upstream_req = Request::from_parts(
+        parts,
+        UpstreamBody::new(body, spec.max_body, record.bytes_in.clone()),
+    );
+
+    let upstream_start = Instant::now();
+    record.upstream_start = Some(upstream_start);
+    let result = tokio::time::timeout_at(deadline, gw.client.request(upstream_req)).await;
+    let resp = match result {
+        Err(_) => {
+            function.metrics.upstream_failed(UpstreamFailure::Timeout);
+            return Err(GatewayError::UpstreamTimeout {
+                function: spec.id.clone(),
+                instance: instance.id.to_string(),
+                timeout_ms: spec.timeout.as_millis() as u64,
+            });
+        }
+        Ok(Err(e)) => {
+            if find_source::<BodyLimitExceeded>(&e).is_some() {
+                function.metrics.rejected(Reject::BodyTooLarge);
+                return Err(GatewayError::BodyTooLarge {
+                    function: spec.id.clone(),
+                    limit: spec.max_body,
+                });
+            }
+            if e.is_connect() {
+                function.metrics.upstream_failed(UpstreamFailure::Connect);
+                return Err(GatewayError::UpstreamConnect {
+                    function: spec.id.clone(),
+                    instance: instance.id.to_string(),
+                    detail: error_chain(&e),
+                });
+            }
+            function.metrics.upstream_failed(UpstreamFailure::Protocol);
+            return Err(GatewayError::UpstreamProtocol {
+                function: spec.id.clone(),
+                instance: instance.id.to_string(),
+                detail: error_chain(&e),
+            });
+        }
+        Ok(Ok(resp)) => resp,
+    };
+    record.upstream_headers = Some(upstream_start.elapsed());
+
+    let (mut parts, body) = resp.into_parts();
+    backend::strip_hop_by_hop(&mut parts.headers);
+    parts.version = Version::HTTP_11;
+    let h = &mut parts.headers;
+    h.insert(X_REQUEST_ID.clone(), record.request_id.header_value());
+    if let Ok(v) = HeaderValue::from_str(&instance.id) {
+        h.insert(X_INSTANCE_ID.clone(), v);
+    }
+    h.insert(
+        X_INSTANCE_KIND.clone(),
+        HeaderValue::from_static(instance.kind.as_str()),
+    );
+    record.status = parts.status.as_u16();
+    let body = ProxyBody {
+        inner: body,
+        deadline: Box::pin(tokio::time::sleep_until(deadline)),
+        slot: Some(slot),
+        record: Some(std::mem::replace(record, record.detached())),
+        timeout: spec.timeout,
+    };
+    Ok(Response::from_parts(
+        parts,
+        ResponseBody::Proxied { inner: body },
+    ))
+}
+
+fn start_of(record: &Record) -> Instant {
+    record.start
+}
+
+fn trigger_index(rt: &Runtime, t: &crate::config::HttpTriggerSpec) -> usize {
+    rt.config
+        .triggers
+        .iter()
+        .position(|x| x.name == t.name)
+        .unwrap_or(usize::MAX)
+}
+
+/// The host the client asked for: the URI authority (HTTP/2, absolute-form) or the Host header.
+fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
+    match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req.headers().get(header::HOST).cloned(),
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // [v6]:port
+        return host
+            .split(']')
+            .next()
+            .map_or(host, |h| &host[..h.len() + 1]);
+    }
+    host.rsplit_once(':').map_or(host, |(h, p)| {
+        if p.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    })
+}
+
+fn find_source<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<T>() {
+            return Some(t);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let msg = s.to_string();
+        if !out.contains(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+/// What the log line needs, filled in as the request moves through the stages. Emitted exactly
+/// once: by `finish`, or by `Drop` when the client went away first.
+pub struct Record {
+    rt: Option<Arc<Runtime>>,
+    request_id: RequestId,
+    start: Instant,
+    method: http::Method,
+    uri: Uri,
+    version: Version,
+    client: SocketAddr,
+    trigger: Option<usize>,
+    function: Option<usize>,
+    instance: Option<Arc<crate::scheduler::Instance>>,
+    queue_wait: Duration,
+    upstream_start: Option<Instant>,
+    upstream_headers: Option<Duration>,
+    status: u16,
+    bytes_in: Arc<AtomicU64>,
+    bytes_out: u64,
+    error: Option<String>,
+}
+
+impl Record {
+    fn new(
+        rt: Arc<Runtime>,
+        request_id: RequestId,
+        conn: ConnInfo,
+        req: &Request<Incoming>,
+        start: Instant,
+    ) -> Self {
+        Record {
+            rt: Some(rt),
+            request_id,
+            start,
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            client: conn.peer,
+            trigger: None,
+            function: None,
+            instance: None,
+            queue_wait: Duration::ZERO,
+            upstream_start: None,
+            upstream_headers: None,
+            status: 0,
+            bytes_in: Arc::new(AtomicU64::new(0)),
+            bytes_out: 0,
+            error: None,
+        }
+    }
+
+    /// An inert copy left behind when the record moves into the response body.
+    fn detached(&self) -> Self {
+        Record {
+            rt: None,
+            request_id: self.request_id,
+            start: self.start,
+            method: http::Method::GET,
+            uri: Uri::default(),
+            version: self.version,
+            client: self.client,
+            trigger: None,
+            function: None,
+            instance: None,
+            queue_wait: Duration::ZERO,
+            upstream_start: None,
+            upstream_headers: None,
+            status: 0,
+            bytes_in: Arc::new(AtomicU64::new(0)),
+            bytes_out: 0,
+            error: None,
+        }
+    }
+
+    fn finish(&mut self) {
+        let Some(rt) = self.rt.take() else { return };
+        let elapsed = self.start.elapsed();
+        let function = self.function.map(|i| &rt.functions[i]);
+        if let Some(f) = function {
+            f.metrics.finished(self.status, elapsed);
+        }
+        let trigger = self
+            .trigger
+            .and_then(|i| rt.config.triggers.get(i))
+            .map(|t| t.name.as_str());
+        let fspec = self.function.map(|i| &rt.config.functions[i]);
+        let client = self.client.ip().to_string();
+        let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+        let line = InvocationLog {
+            ts: telemetry::rfc3339_now(),
+            kind: "invocation",
+            request_id: self.request_id.as_str(),
+            trigger,
+            function: fspec.map(|f| f.id.as_str()),
+            instance_id: self.instance.as_ref().map(|i| &*i.id),
+            instance_kind: self.instance.as_ref().map(|i| i.kind.as_str()),
+            cold_start_ms: None,
+            queue_wait_ms: ms(self.queue_wait),
+            upstream_ms: self.upstream_start.map(|s| ms(s.elapsed())),
+            duration_ms: ms(elapsed),
+            method: self.method.as_str(),
+            path: self.uri.path(),
+            protocol: match self.version {
+                Version::HTTP_2 => "h2",
+                Version::HTTP_10 => "http/1.0",
+                _ => "http/1.1",
+            },
+            client: &client,
+            status: self.status,
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out,
+            error: self.error.as_deref(),
+        };
+        rt.log.emit(&line);
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        if self.rt.is_some() {
+            // The future or body was dropped before completion: the client went away.
+            if self.error.is_none() {
+                self.error = Some(if self.upstream_headers.is_some() {
+                    "client closed the connection during the response".into()
+                } else {
+                    "client closed the connection before the response".into()
+                });
+            }
+            if self.upstream_headers.is_none() {
+                // nginx's convention for "client closed request".
+                self.status = 499;
+            }
+            self.finish();
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The upstream response on its way to the client; holds the instance slot until the end.
+    pub struct ProxyBody {
+        #[pin]
+        inner: Incoming,
+        deadline: Pin<Box<Sleep>>,
+        slot: Option<Slot>,
+        record: Option<Record>,
+        timeout: Duration,
+    }
+}
+
+impl ProxyBody {
+    /// Field order matters: when the client abandons the body, `slot` drops before `record`, so the
+    /// slot is free before the log line is written.
+    fn end(slot: &mut Option<Slot>, record: &mut Option<Record>, error: Option<String>) {
+        // Free the slot before logging so the next request is not kept waiting by the log.
+        slot.take();
+        if let Some(mut r) = record.take() {
+            if error.is_some() {
+                r.error = error;
+            }
+            r.finish();
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(d), Some(r)) = (frame.data_ref(), this.record.as_mut()) {
+                    r.bytes_out += d.len() as u64;
+                }
+                // With a Content-Length, the server stops polling once it has that many bytes; the
+                // invocation is complete now, not when the body is eventually dropped.
+                if this.inner.is_end_stream() {
+                    ProxyBody::end(this.slot, this.record, None);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let msg = format!("upstream failed mid-response: {}", error_chain(&e));
+                ProxyBody::end(this.slot, this.record, Some(msg));
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Ready(None) => {
+                ProxyBody::end(this.slot, this.record, None);
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if this.record.is_some() && this.deadline.as_mut().poll(cx).is_ready() {
+                    let msg = format!(
+                        "function timeout of {} ms reached while streaming the response",
+                        this.timeout.as_millis()
+                    );
+                    ProxyBody::end(this.slot, this.record, Some(msg.clone()));
+                    return Poll::Ready(Some(Err(msg.into())));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_stripped() {
+        assert_eq!(strip_port("example.com:8443"), "example.com");
+        assert_eq!(strip_port("example.com"), "example.com");
+        assert_eq!(strip_port("[::1]:8443"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+    }
+}

@@ -1,0 +1,19 @@
+//! fngate: a WebAssembly-hosted edge gateway and trigger router for serverless GPU inference.
+//!
+//! Request path, one module per stage (see DESIGN.md):
+//! `listener` (TCP, TLS, HTTP) → `trigger` (route, auth) → `invoker` (admission, forwarding) →
+//! `scheduler` (instance slots, wait queue) → `backend` (pooled upstream client) → `telemetry`.
+//! `config` compiles the TOML file into the snapshot held by `state`; `admin` serves operators.
+
+pub mod admin;
+pub mod backend;
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod invoker;
+pub mod listener;
+pub mod scheduler;
+pub mod server;
+pub mod state;
+pub mod telemetry;
+pub mod trigger;

@@ -1,0 +1,242 @@
+//! Start-up and shutdown of `fngate serve`: secrets, certificates, listeners, signals.
+
+use crate::config::{self, Config};
+use crate::listener::{self, ListenerKind, tls};
+use crate::state::Gateway;
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+
+/// Connections the admin listener accepts at once, apart from the public cap so that a flood on
+/// the public side never locks operators out.
+const ADMIN_MAX_CONNECTIONS: usize = 256;
+const ADMIN_TOKEN_FILE: &str = "admin-token";
+const LISTENERS_FILE: &str = "listeners.json";
+
+/// Runs the gateway until SIGTERM or SIGINT.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let s = config.server.clone();
+    std::fs::create_dir_all(&s.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", s.data_dir.display()))?;
+
+    let admin_token = match &s.admin_token {
+        Some(t) => t.value.clone(),
+        None => generated_admin_token(&s.data_dir)?,
+    };
+
+    let (tls_files, watch_files) = match &s.tls {
+        Some(files) => (files.clone(), true),
+        None => {
+            let extra: Vec<String> = [s.listen.ip()]
+                .iter()
+                .filter(|ip| !ip.is_unspecified())
+                .map(|ip| ip.to_string())
+                .collect();
+            let g = tls::ensure_self_signed(&s.data_dir, &extra)?;
+            tracing::info!(
+                ca = %g.ca.display(),
+                cert = %g.files.cert.display(),
+                created = g.created,
+                "no [server.tls] configured: serving a certificate from the local CA; clients trust the CA file"
+            );
+            (g.files, false)
+        }
+    };
+    let store = tls::CertStore::new(tls::load_certified_key(&tls_files)?);
+    let acceptor = TlsAcceptor::from(tls::server_config(store.clone()));
+
+    let prometheus = crate::telemetry::install_metrics();
+    let upkeep = prometheus.clone();
+    tokio::spawn(async move {
+        let mut t = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            t.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+
+    let limits = s.limits.clone();
+    let gw = Gateway::new(config, prometheus, admin_token);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let public_conns = Arc::new(Semaphore::new(limits.max_connections));
+    let admin_conns = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
+
+    let public = listener::bind(s.listen)
+        .with_context(|| format!("cannot listen on {} (server.listen)", s.listen))?;
+    let admin = listener::bind(s.admin_listen)
+        .with_context(|| format!("cannot listen on {} (server.admin_listen)", s.admin_listen))?;
+    let plaintext = match s.plaintext_listen {
+        Some(a) => Some(
+            listener::bind(a)
+                .with_context(|| format!("cannot listen on {a} (server.plaintext_listen)"))?,
+        ),
+        None => None,
+    };
+    let public_addr = public.local_addr()?;
+    let admin_addr = admin.local_addr()?;
+    let plaintext_addr = plaintext.as_ref().map(|l| l.local_addr()).transpose()?;
+
+    let mut tasks = Vec::new();
+    let h = {
+        let gw = gw.clone();
+        move |c, r| crate::invoker::handle(gw.clone(), c, r)
+    };
+    tasks.push(tokio::spawn(listener::serve(
+        public,
+        ListenerKind::Public,
+        Some(acceptor.clone()),
+        limits.clone(),
+        public_conns.clone(),
+        shutdown_rx.clone(),
+        h.clone(),
+    )));
+    if let Some(l) = plaintext {
+        tasks.push(tokio::spawn(listener::serve(
+            l,
+            ListenerKind::Plaintext,
+            None,
+            limits.clone(),
+            public_conns.clone(),
+            shutdown_rx.clone(),
+            h,
+        )));
+    }
+    let ah = {
+        let gw = gw.clone();
+        move |c, r| crate::admin::handle(gw.clone(), c, r)
+    };
+    tasks.push(tokio::spawn(listener::serve(
+        admin,
+        ListenerKind::Admin,
+        Some(acceptor),
+        limits.clone(),
+        admin_conns.clone(),
+        shutdown_rx.clone(),
+        ah,
+    )));
+    if watch_files {
+        tls::spawn_reloader(store, tls_files.clone(), s.tls_reload_interval);
+    }
+
+    write_listeners(&s.data_dir, public_addr, plaintext_addr, admin_addr)?;
+    gw.ready.store(true, Ordering::Relaxed);
+    tracing::info!(
+        public = %public_addr,
+        plaintext = ?plaintext_addr,
+        admin = %admin_addr,
+        functions = gw.runtime().config.functions.len(),
+        triggers = gw.runtime().config.triggers.len(),
+        "fngate ready"
+    );
+
+    wait_for_signals(&gw).await;
+    tracing::info!(grace = ?limits.shutdown_grace, "shutting down: no new connections; finishing requests in progress");
+    gw.ready.store(false, Ordering::Relaxed);
+    let _ = shutdown_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    // Every connection holds a permit: getting them all back means every connection has closed.
+    let drained = async {
+        let _a = public_conns
+            .acquire_many(limits.max_connections as u32)
+            .await;
+        let _b = admin_conns.acquire_many(ADMIN_MAX_CONNECTIONS as u32).await;
+    };
+    if tokio::time::timeout(limits.shutdown_grace, drained)
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over; closing the remaining connections");
+    }
+    let _ = std::fs::remove_file(s.data_dir.join(LISTENERS_FILE));
+    Ok(())
+}
+
+async fn wait_for_signals(gw: &Gateway) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    let mut hup = signal(SignalKind::hangup()).expect("install SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => match gw.reload() {
+                Ok(r) => tracing::info!(generation = r.generation, "configuration reloaded (SIGHUP)"),
+                Err(e) => tracing::error!(error = %e, "configuration reload rejected (SIGHUP); nothing changed"),
+            },
+        }
+    }
+}
+
+/// Reuses or creates the admin token file (mode 0600) when the config names no token.
+fn generated_admin_token(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    if let Ok(t) = std::fs::read_to_string(&path)
+        && !t.trim().is_empty()
+    {
+        tracing::info!(file = %path.display(), "admin token read from file (server.admin_token not set)");
+        return Ok(t.trim().as_bytes().to_vec());
+    }
+    let mut raw = [0u8; 32];
+    rustls::crypto::aws_lc_rs::default_provider()
+        .secure_random
+        .fill(&mut raw)
+        .map_err(|_| anyhow::anyhow!("no secure random source for the admin token"))?;
+    let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    tls::write_file(&path, token.as_bytes(), true)
+        .with_context(|| format!("cannot write admin token to {}", path.display()))?;
+    tracing::info!(file = %path.display(), "generated an admin token (server.admin_token not set)");
+    Ok(token.into_bytes())
+}
+
+/// Tells scripts and tests which addresses were bound (useful with port 0).
+fn write_listeners(
+    dir: &Path,
+    public: SocketAddr,
+    plaintext: Option<SocketAddr>,
+    admin: SocketAddr,
+) -> anyhow::Result<()> {
+    let body = serde_json::json!({
+        "public": public.to_string(),
+        "plaintext": plaintext.map(|a| a.to_string()),
+        "admin": admin.to_string(),
+        "pid": std::process::id(),
+    });
+    tls::write_file(
+        &dir.join(LISTENERS_FILE),
+        body.to_string().as_bytes(),
+        false,
+    )?;
+    Ok(())
+}
+
+/// `fngate check`: every problem on its own line.
+pub fn check(path: &Path) -> Result<String, config::ConfigError> {
+    let c = config::load(path)?;
+    // TLS files named in the config must load too, or `serve` would fail where `check` passed.
+    if let Some(files) = &c.server.tls
+        && let Err(e) = tls::load_certified_key(files)
+    {
+        return Err(config::ConfigError {
+            file: path.to_path_buf(),
+            problems: vec![config::Problem {
+                path: "server.tls".into(),
+                message: e.to_string(),
+            }],
+        });
+    }
+    Ok(format!(
+        "{}: ok ({} function(s), {} trigger(s))",
+        path.display(),
+        c.functions.len(),
+        c.triggers.len()
+    ))
+}

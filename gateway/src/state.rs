@@ -1,0 +1,185 @@
+//! Shared gateway state: the current generation (config snapshot, router, function runtimes),
+//! swapped atomically on reload, and what lives for the whole process (upstream client, sinks).
+
+use crate::backend::{self, UpstreamClient};
+use crate::config::{self, Config, ConfigError, ServerSettings};
+use crate::scheduler::FunctionRuntime;
+use crate::telemetry::LogSink;
+use crate::trigger::Router;
+use arc_swap::ArcSwap;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// One configuration generation. Requests load it once and use it to the end, so a reload never
+/// changes the rules under a request in flight.
+#[derive(Debug)]
+pub struct Runtime {
+    pub generation: u64,
+    pub config: Arc<Config>,
+    pub router: Router,
+    /// Parallel to `config.functions`.
+    pub functions: Vec<Arc<FunctionRuntime>>,
+    pub log: LogSink,
+}
+
+impl Runtime {
+    pub fn function(&self, id: &str) -> Option<(usize, &Arc<FunctionRuntime>)> {
+        self.config
+            .functions
+            .iter()
+            .position(|f| f.id == id)
+            .map(|i| (i, &self.functions[i]))
+    }
+}
+
+pub struct Gateway {
+    pub current: ArcSwap<Runtime>,
+    pub client: UpstreamClient,
+    pub config_path: PathBuf,
+    pub prometheus: PrometheusHandle,
+    pub admin_token: Vec<u8>,
+    pub ready: AtomicBool,
+    stdout_log: LogSink,
+    generation: AtomicU64,
+    reload_lock: std::sync::Mutex<()>,
+}
+
+/// What a successful reload changed, for the admin API and the log.
+#[derive(Debug, serde::Serialize)]
+pub struct ReloadReport {
+    pub generation: u64,
+    pub functions_added: Vec<String>,
+    pub functions_removed: Vec<String>,
+    pub functions_updated: Vec<String>,
+    pub triggers: usize,
+    /// Settings that only take effect after a restart.
+    pub restart_required: Vec<String>,
+}
+
+impl Gateway {
+    pub fn new(config: Config, prometheus: PrometheusHandle, admin_token: Vec<u8>) -> Arc<Self> {
+        let stdout_log = LogSink::stdout();
+        let config_path = config.file.clone();
+        let runtime = build_runtime(1, Arc::new(config), None, &stdout_log).0;
+        Arc::new(Gateway {
+            current: ArcSwap::from_pointee(runtime),
+            client: backend::client(),
+            config_path,
+            prometheus,
+            admin_token,
+            ready: AtomicBool::new(false),
+            stdout_log,
+            generation: AtomicU64::new(1),
+            reload_lock: std::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.current.load_full()
+    }
+
+    /// Re-reads the config file; on any problem nothing changes and every problem is returned.
+    pub fn reload(&self) -> Result<ReloadReport, ConfigError> {
+        // Two reloads at once would race on which generation wins; one at a time.
+        let _one = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let result = config::load(&self.config_path);
+        let outcome = if result.is_ok() { "ok" } else { "rejected" };
+        metrics::counter!(crate::telemetry::CONFIG_RELOADS, "result" => outcome).increment(1);
+        let new = result?;
+        let old = self.current.load_full();
+        let restart_required = server_changes(&old.config.server, &new.server);
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let (runtime, mut report) =
+            build_runtime(generation, Arc::new(new), Some(&old), &self.stdout_log);
+        report.restart_required = restart_required;
+        self.current.store(Arc::new(runtime));
+        Ok(report)
+    }
+}
+
+fn build_runtime(
+    generation: u64,
+    config: Arc<Config>,
+    old: Option<&Runtime>,
+    stdout_log: &LogSink,
+) -> (Runtime, ReloadReport) {
+    let mut previous: HashMap<&str, &Arc<FunctionRuntime>> = HashMap::new();
+    if let Some(old) = old {
+        for (spec, rt) in old.config.functions.iter().zip(&old.functions) {
+            previous.insert(spec.id.as_str(), rt);
+        }
+    }
+    let mut report = ReloadReport {
+        generation,
+        functions_added: vec![],
+        functions_removed: vec![],
+        functions_updated: vec![],
+        triggers: config.triggers.len(),
+        restart_required: vec![],
+    };
+    let mut functions = Vec::with_capacity(config.functions.len());
+    for spec in &config.functions {
+        match previous.remove(spec.id.as_str()) {
+            Some(rt) => {
+                if **rt.spec() != **spec {
+                    report.functions_updated.push(spec.id.clone());
+                }
+                rt.update(spec.clone());
+                functions.push(rt.clone());
+            }
+            None => {
+                report.functions_added.push(spec.id.clone());
+                functions.push(FunctionRuntime::new(spec.clone()));
+            }
+        }
+    }
+    for (id, rt) in previous {
+        report.functions_removed.push(id.to_string());
+        rt.retire();
+    }
+    let router = Router::new(&config);
+    let log = if config.log_stdout {
+        stdout_log.clone()
+    } else {
+        LogSink::off()
+    };
+    (
+        Runtime {
+            generation,
+            config,
+            router,
+            functions,
+            log,
+        },
+        report,
+    )
+}
+
+fn server_changes(old: &ServerSettings, new: &ServerSettings) -> Vec<String> {
+    let mut out = Vec::new();
+    if old.listen != new.listen {
+        out.push("server.listen".into());
+    }
+    if old.plaintext_listen != new.plaintext_listen {
+        out.push("server.plaintext_listen".into());
+    }
+    if old.admin_listen != new.admin_listen {
+        out.push("server.admin_listen".into());
+    }
+    if old.tls != new.tls || old.tls_reload_interval != new.tls_reload_interval {
+        out.push("server.tls".into());
+    }
+    if old.admin_token != new.admin_token {
+        out.push("server.admin_token".into());
+    }
+    if old.data_dir != new.data_dir {
+        out.push("server.data_dir".into());
+    }
+    if old.limits != new.limits {
+        out.push("server.limits".into());
+    }
+    out
+}

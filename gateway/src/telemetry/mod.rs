@@ -1,0 +1,305 @@
+//! Telemetry: the per-invocation log line, metrics through the `metrics` facade, request ids.
+//!
+//! Metric handles are registered once per function (`FunctionMetrics`) so the hot path never
+//! formats a metric name or allocates a label. Labels stay low-cardinality: function, status class,
+//! reason, listener — never request ids or paths. The names are documented in `docs/metrics.md`.
+
+mod log;
+
+pub use log::{InvocationLog, LogSink};
+
+use metrics::{Counter, Gauge, Histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub const INVOCATIONS: &str = "fngate_invocations_total";
+pub const INVOCATION_DURATION: &str = "fngate_invocation_duration_seconds";
+pub const QUEUE_WAIT: &str = "fngate_queue_wait_seconds";
+pub const IN_FLIGHT: &str = "fngate_in_flight";
+pub const QUEUE_DEPTH: &str = "fngate_queue_depth";
+pub const REJECTIONS: &str = "fngate_rejections_total";
+pub const UPSTREAM_ERRORS: &str = "fngate_upstream_errors_total";
+pub const CONNECTIONS_OPEN: &str = "fngate_connections_open";
+pub const CONNECTIONS_TOTAL: &str = "fngate_connections_total";
+pub const TLS_HANDSHAKE_FAILURES: &str = "fngate_tls_handshake_failures_total";
+pub const CONFIG_RELOADS: &str = "fngate_config_reloads_total";
+pub const CERT_RELOADS: &str = "fngate_tls_cert_reloads_total";
+pub const LOG_LINES_DROPPED: &str = "fngate_log_lines_dropped_total";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 300.0,
+];
+
+static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder as the global `metrics` recorder (once per process).
+pub fn install_metrics() -> PrometheusHandle {
+    PROMETHEUS
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .expect("bucket list is not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first, e.g. in unit tests; then metrics go there.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        INVOCATIONS,
+        "Invocations finished, by function and status class"
+    );
+    describe_histogram!(
+        INVOCATION_DURATION,
+        metrics::Unit::Seconds,
+        "Time from request to last response byte"
+    );
+    describe_histogram!(
+        QUEUE_WAIT,
+        metrics::Unit::Seconds,
+        "Time a request waited for a slot"
+    );
+    describe_gauge!(IN_FLIGHT, "Requests holding an instance slot");
+    describe_gauge!(QUEUE_DEPTH, "Requests waiting for a slot");
+    describe_counter!(
+        REJECTIONS,
+        "Requests refused before reaching a backend, by reason"
+    );
+    describe_counter!(UPSTREAM_ERRORS, "Backend failures, by kind");
+    describe_gauge!(CONNECTIONS_OPEN, "Client connections open, by listener");
+    describe_counter!(
+        CONNECTIONS_TOTAL,
+        "Client connections accepted, by listener"
+    );
+    describe_counter!(
+        TLS_HANDSHAKE_FAILURES,
+        "TLS handshakes that failed or timed out"
+    );
+    describe_counter!(CONFIG_RELOADS, "Configuration reloads, by result");
+    describe_counter!(CERT_RELOADS, "TLS certificate reloads, by result");
+    describe_counter!(
+        LOG_LINES_DROPPED,
+        "Log lines dropped because the sink could not keep up"
+    );
+}
+
+/// Status classes used as a label: a fixed set so handles can be pre-registered.
+pub fn status_class(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Rejection reasons, a fixed set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    QueueFull,
+    QueueTimeout,
+    BodyTooLarge,
+    Unauthorized,
+    MethodNotAllowed,
+}
+
+impl Reject {
+    const ALL: [Reject; 5] = [
+        Reject::QueueFull,
+        Reject::QueueTimeout,
+        Reject::BodyTooLarge,
+        Reject::Unauthorized,
+        Reject::MethodNotAllowed,
+    ];
+    fn label(self) -> &'static str {
+        match self {
+            Reject::QueueFull => "queue_full",
+            Reject::QueueTimeout => "queue_timeout",
+            Reject::BodyTooLarge => "body_too_large",
+            Reject::Unauthorized => "unauthorized",
+            Reject::MethodNotAllowed => "method_not_allowed",
+        }
+    }
+}
+
+/// Upstream failure kinds, a fixed set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    Connect,
+    Timeout,
+    Protocol,
+}
+
+impl UpstreamFailure {
+    fn label(self) -> &'static str {
+        match self {
+            UpstreamFailure::Connect => "connect",
+            UpstreamFailure::Timeout => "timeout",
+            UpstreamFailure::Protocol => "protocol",
+        }
+    }
+}
+
+/// Pre-registered metric handles for one function.
+#[derive(Debug)]
+pub struct FunctionMetrics {
+    invocations: [Counter; 5],
+    pub duration: Histogram,
+    pub queue_wait: Histogram,
+    pub in_flight: Gauge,
+    pub queue_depth: Gauge,
+    rejections: [Counter; 5],
+    upstream: [Counter; 3],
+}
+
+impl FunctionMetrics {
+    pub fn new(function: &str) -> Self {
+        let f = function.to_string();
+        FunctionMetrics {
+            invocations: CLASSES.map(|c| metrics::counter!(INVOCATIONS, "function" => f.clone(), "status" => c)),
+            duration: metrics::histogram!(INVOCATION_DURATION, "function" => f.clone()),
+            queue_wait: metrics::histogram!(QUEUE_WAIT, "function" => f.clone()),
+            in_flight: metrics::gauge!(IN_FLIGHT, "function" => f.clone()),
+            queue_depth: metrics::gauge!(QUEUE_DEPTH, "function" => f.clone()),
+            rejections: Reject::ALL.map(|r| metrics::counter!(REJECTIONS, "function" => f.clone(), "reason" => r.label())),
+            upstream: [UpstreamFailure::Connect, UpstreamFailure::Timeout, UpstreamFailure::Protocol]
+                .map(|u| metrics::counter!(UPSTREAM_ERRORS, "function" => f.clone(), "kind" => u.label())),
+        }
+    }
+
+    pub fn finished(&self, status: u16, elapsed: Duration) {
+        self.invocations[status_class(status)].increment(1);
+        self.duration.record(elapsed.as_secs_f64());
+    }
+
+    pub fn rejected(&self, r: Reject) {
+        let i = Reject::ALL.iter().position(|x| *x == r).unwrap_or(0);
+        self.rejections[i].increment(1);
+    }
+
+    pub fn upstream_failed(&self, u: UpstreamFailure) {
+        self.upstream[u as usize].increment(1);
+    }
+}
+
+/// Rejections that happen before any function is known (unknown route).
+pub fn rejected_unrouted() {
+    metrics::counter!(REJECTIONS, "function" => "", "reason" => "not_found").increment(1);
+}
+
+/// Request ids: unique per process run and hard to guess; 16 hex digits.
+pub fn next_request_id() -> RequestId {
+    static SEED: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let seed = *SEED.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos(),
+        );
+        h.write_u32(std::process::id());
+        h.finish()
+    });
+    // splitmix64 is a bijection, so distinct counters give distinct ids.
+    let mut z = seed.wrapping_add(
+        COUNTER
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    );
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    RequestId::from_u64(z)
+}
+
+/// A request id kept inline (no allocation) and usable as a header value.
+#[derive(Clone, Copy)]
+pub struct RequestId([u8; 16]);
+
+impl RequestId {
+    fn from_u64(v: u64) -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 16];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        RequestId(out)
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hex digits are ASCII")
+    }
+
+    pub fn header_value(&self) -> http::HeaderValue {
+        http::HeaderValue::from_str(self.as_str()).expect("hex digits are a valid header value")
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// RFC 3339 UTC timestamp with milliseconds, without pulling in a date crate.
+pub fn rfc3339_now() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs() as i64;
+    let ms = now.subsec_millis();
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        sod / 3600,
+        (sod % 3600) / 60,
+        sod % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_distinct_hex() {
+        let a = next_request_id();
+        let b = next_request_id();
+        assert_ne!(a.as_str(), b.as_str());
+        assert_eq!(a.as_str().len(), 16);
+        assert!(a.as_str().bytes().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn timestamp_shape() {
+        let t = rfc3339_now();
+        assert_eq!(t.len(), 24, "{t}");
+        assert!(t.starts_with("20") && t.ends_with('Z'), "{t}");
+    }
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite: format, lints, unit tests and the black-box tests in tests/.
+# Works on a fresh machine of this kind: installs what it needs (curl) when it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v curl >/dev/null || need_apt+=(curl)
+if ((${#need_apt[@]})); then
+    echo "installing: ${need_apt[*]}"
+    sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq "${need_apt[@]}"
+fi
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+echo "== fmt";    cargo fmt --all -- --check
+echo "== clippy"; cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== build";  cargo build --workspace --locked
+echo "== test";   cargo test --workspace --locked -- --test-threads="${FNGATE_TEST_THREADS:-4}"
+echo "== all tests passed"

@@ -1,0 +1,8 @@
+//! Black-box tests: the real `fngate` binary on loopback, real `demo-backend` processes, real TLS
+//! clients (rustls and curl). Build the workspace first: `cargo build --workspace`.
+
+mod forwarding;
+mod harness;
+mod operations;
+mod routing;
+mod scheduling;
