@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The demo: builds fngate and the sample backend, starts two backend instances and the gateway on
+# The demo: builds fngate, the sample backend and the policy plugins, starts three backend
+# instances (two for demo/echo, one for its canary) and the gateway on
 # config/demo.toml (TLS on 127.0.0.1:8443, admin on 127.0.0.1:9443), prints commands to try.
 # Ctrl-C stops everything this script started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+./plugins/build.sh >/dev/null
 cargo build --workspace --locked
 bin=target/debug
 data=target/demo-data
@@ -15,6 +17,7 @@ trap cleanup EXIT INT TERM
 
 "$bin/demo-backend" --listen 127.0.0.1:9001 --id instance-1 >/dev/null & pids+=($!)
 "$bin/demo-backend" --listen 127.0.0.1:9002 --id instance-2 >/dev/null & pids+=($!)
+"$bin/demo-backend" --listen 127.0.0.1:9003 --id canary-1 >/dev/null & pids+=($!)
 rm -f "$data/listeners.json"
 "$bin/fngate" serve --config config/demo.toml >"$data/invocations.log" & pids+=($!)
 for _ in $(seq 100); do [ -f "$data/listeners.json" ] && break; sleep 0.1; done
@@ -25,10 +28,11 @@ cat <<MSG
 fngate is running (invocation log: $data/invocations.log). Try:
 
   curl --cacert $data/tls/ca.pem https://localhost:8443/echo/hello -i
+  curl --cacert $data/tls/ca.pem -H 'x-variant: canary' https://localhost:8443/echo/hello   # routed by the plugin
   curl --cacert $data/tls/ca.pem https://localhost:8443/echo/generate -d '{"prompt":"the gateway","max_tokens":12}'
   curl -N --cacert $data/tls/ca.pem 'https://localhost:8443/echo/generate?interval_ms=100' -d '{"prompt":"stream","max_tokens":10,"stream":true}'
   curl --cacert $data/tls/ca.pem -H "authorization: Bearer \$(cat $data/admin-token)" https://localhost:9443/admin/functions
 
 Ctrl-C to stop.
 MSG
-wait "${pids[2]}"
+wait "${pids[3]}"

@@ -13,8 +13,12 @@ if ((${#need_apt[@]})); then
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
+echo "== plugins"; ./plugins/build.sh >/dev/null
 echo "== fmt";    cargo fmt --all -- --check
+(cd plugins && cargo fmt --all -- --check && cargo clippy --release --locked -- -D warnings)
 echo "== clippy"; cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== build";  cargo build --workspace --locked
 echo "== test";   cargo test --workspace --locked -- --test-threads="${FNGATE_TEST_THREADS:-4}"
+echo "== plugin tests (native)"
+(cd plugins && cargo test --locked --target "$(rustc -vV | sed -n 's/^host: //p')" --workspace)
 echo "== all tests passed"

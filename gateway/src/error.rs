@@ -24,6 +24,10 @@ pub enum GatewayError {
     QueueFull { function: String, max_queued: usize },
     #[error("function {function} is at capacity: no instance slot freed within {waited_ms} ms")]
     QueueTimeout { function: String, waited_ms: u64 },
+    #[error("policy plugin `{plugin}` failed: {detail}")]
+    PluginFailed { plugin: String, detail: String },
+    #[error("{what}: not supported by this build yet")]
+    NotImplemented { what: String },
     #[error("function {function} was removed by a configuration reload")]
     FunctionRetired { function: String },
     #[error("instance {instance} of function {function} is unreachable: {detail}")]
@@ -58,7 +62,8 @@ impl GatewayError {
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             BadRequest(_) => StatusCode::BAD_REQUEST,
             QueueFull { .. } | QueueTimeout { .. } => StatusCode::TOO_MANY_REQUESTS,
-            FunctionRetired { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            FunctionRetired { .. } | PluginFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
             UpstreamConnect { .. } | UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
             UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -76,6 +81,8 @@ impl GatewayError {
             QueueFull { .. } => "queue_full",
             QueueTimeout { .. } => "queue_timeout",
             FunctionRetired { .. } => "function_removed",
+            PluginFailed { .. } => "plugin_failed",
+            NotImplemented { .. } => "not_implemented",
             UpstreamConnect { .. } => "upstream_unreachable",
             UpstreamProtocol { .. } => "upstream_failed",
             UpstreamTimeout { .. } => "upstream_timeout",

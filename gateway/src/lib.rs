@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod invoker;
 pub mod listener;
+pub mod policy;
 pub mod scheduler;
 pub mod server;
 pub mod state;

@@ -2,6 +2,7 @@
 
 use crate::config::{self, Config};
 use crate::listener::{self, ListenerKind, tls};
+use crate::policy::PolicyHost;
 use crate::state::Gateway;
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use tokio_rustls::TlsAcceptor;
 const ADMIN_MAX_CONNECTIONS: usize = 256;
 const ADMIN_TOKEN_FILE: &str = "admin-token";
 const LISTENERS_FILE: &str = "listeners.json";
+const PLUGIN_WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs the gateway until SIGTERM or SIGINT.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
@@ -62,7 +64,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     });
 
     let limits = s.limits.clone();
-    let gw = Gateway::new(config, prometheus, admin_token);
+    let policy = PolicyHost::new()?;
+    let gw = Gateway::new(config, prometheus, admin_token, policy)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let public_conns = Arc::new(Semaphore::new(limits.max_connections));
     let admin_conns = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
@@ -123,6 +127,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if watch_files {
         tls::spawn_reloader(store, tls_files.clone(), s.tls_reload_interval);
     }
+    spawn_plugin_watcher(gw.clone());
 
     write_listeners(&s.data_dir, public_addr, plaintext_addr, admin_addr)?;
     gw.ready.store(true, Ordering::Relaxed);
@@ -159,7 +164,57 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signals(gw: &Gateway) {
+/// Reloads on a blocking thread: compiling a changed plugin takes milliseconds to seconds.
+pub async fn reload_in_background(gw: &Arc<Gateway>, why: &'static str) {
+    let g = gw.clone();
+    match tokio::task::spawn_blocking(move || g.reload()).await {
+        Ok(Ok(r)) => tracing::info!(generation = r.generation, why, "configuration reloaded"),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, why, "configuration reload rejected; nothing changed")
+        }
+        Err(e) => {
+            tracing::error!(error = %e, why, "configuration reload panicked; nothing changed")
+        }
+    }
+}
+
+/// Polls the current plugin files; a changed file reloads the configuration (and with it the
+/// plugin). In-flight requests finish on the version they started with.
+fn spawn_plugin_watcher(gw: Arc<Gateway>) {
+    tokio::spawn(async move {
+        let stamps = |gw: &Gateway| -> Vec<Option<(std::time::SystemTime, u64)>> {
+            gw.runtime()
+                .config
+                .plugins
+                .iter()
+                .map(|p| {
+                    std::fs::metadata(&p.path)
+                        .ok()
+                        .and_then(|m| Some((m.modified().ok()?, m.len())))
+                })
+                .collect()
+        };
+        let mut last = (gw.runtime().generation, stamps(&gw));
+        let mut tick = tokio::time::interval(PLUGIN_WATCH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = (gw.runtime().generation, stamps(&gw));
+            if now.0 != last.0 {
+                last = now; // someone else reloaded; start watching the new set
+                continue;
+            }
+            if now.1 != last.1 {
+                // Writers replace files in steps; let the file settle before compiling it.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                reload_in_background(&gw, "plugin file changed").await;
+                last = (gw.runtime().generation, stamps(&gw));
+            }
+        }
+    });
+}
+
+async fn wait_for_signals(gw: &Arc<Gateway>) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
@@ -168,10 +223,7 @@ async fn wait_for_signals(gw: &Gateway) {
         tokio::select! {
             _ = term.recv() => return,
             _ = int.recv() => return,
-            _ = hup.recv() => match gw.reload() {
-                Ok(r) => tracing::info!(generation = r.generation, "configuration reloaded (SIGHUP)"),
-                Err(e) => tracing::error!(error = %e, "configuration reload rejected (SIGHUP); nothing changed"),
-            },
+            _ = hup.recv() => reload_in_background(gw, "SIGHUP").await,
         }
     }
 }
@@ -233,10 +285,37 @@ pub fn check(path: &Path) -> Result<String, config::ConfigError> {
             }],
         });
     }
+    // Plugins must compile and link too.
+    let mut problems = Vec::new();
+    if !c.plugins.is_empty() {
+        match PolicyHost::new() {
+            Ok(host) => {
+                for (i, p) in c.plugins.iter().enumerate() {
+                    if let Err(e) = host.load(p) {
+                        problems.push(config::Problem {
+                            path: format!("plugin[{i}]"),
+                            message: e.to_string(),
+                        });
+                    }
+                }
+            }
+            Err(e) => problems.push(config::Problem {
+                path: "plugin".into(),
+                message: e.to_string(),
+            }),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(config::ConfigError {
+            file: path.to_path_buf(),
+            problems,
+        });
+    }
     Ok(format!(
-        "{}: ok ({} function(s), {} trigger(s))",
+        "{}: ok ({} function(s), {} trigger(s), {} plugin(s))",
         path.display(),
         c.functions.len(),
-        c.triggers.len()
+        c.triggers.len(),
+        c.plugins.len()
     ))
 }

@@ -2,7 +2,8 @@
 //! swapped atomically on reload, and what lives for the whole process (upstream client, sinks).
 
 use crate::backend::{self, UpstreamClient};
-use crate::config::{self, Config, ConfigError, ServerSettings};
+use crate::config::{self, Config, ConfigError, Problem, ServerSettings};
+use crate::policy::{FunctionLoad, LiveState, Plugin, PolicyHost};
 use crate::scheduler::FunctionRuntime;
 use crate::telemetry::LogSink;
 use crate::trigger::Router;
@@ -22,16 +23,36 @@ pub struct Runtime {
     pub router: Router,
     /// Parallel to `config.functions`.
     pub functions: Vec<Arc<FunctionRuntime>>,
+    /// Parallel to `config.plugins`.
+    pub plugins: Vec<Arc<Plugin>>,
+    by_id: HashMap<String, usize>,
     pub log: LogSink,
 }
 
 impl Runtime {
     pub fn function(&self, id: &str) -> Option<(usize, &Arc<FunctionRuntime>)> {
-        self.config
-            .functions
+        self.by_id.get(id).map(|&i| (i, &self.functions[i]))
+    }
+}
+
+impl LiveState for Runtime {
+    fn function_load(&self, function: &str) -> Option<FunctionLoad> {
+        let (i, f) = self.function(function)?;
+        let st = f.snapshot();
+        let concurrency = self.config.functions[i].instance_concurrency;
+        let provisioned = st
+            .instances
             .iter()
-            .position(|f| f.id == id)
-            .map(|i| (i, &self.functions[i]))
+            .filter(|i| i.kind == crate::scheduler::InstanceKind::Provisioned)
+            .count() as u32;
+        Some(FunctionLoad {
+            provisioned_instances: provisioned,
+            on_demand_instances: st.instances.len() as u32 - provisioned,
+            busy_slots: st.in_flight,
+            total_slots: st.instances.len() as u32 * concurrency,
+            queue_depth: st.queued as u32,
+            cold_starts_in_progress: 0,
+        })
     }
 }
 
@@ -42,6 +63,7 @@ pub struct Gateway {
     pub prometheus: PrometheusHandle,
     pub admin_token: Vec<u8>,
     pub ready: AtomicBool,
+    pub policy: Arc<PolicyHost>,
     stdout_log: LogSink,
     generation: AtomicU64,
     reload_lock: std::sync::Mutex<()>,
@@ -60,21 +82,27 @@ pub struct ReloadReport {
 }
 
 impl Gateway {
-    pub fn new(config: Config, prometheus: PrometheusHandle, admin_token: Vec<u8>) -> Arc<Self> {
+    pub fn new(
+        config: Config,
+        prometheus: PrometheusHandle,
+        admin_token: Vec<u8>,
+        policy: Arc<PolicyHost>,
+    ) -> Result<Arc<Self>, ConfigError> {
         let stdout_log = LogSink::stdout();
         let config_path = config.file.clone();
-        let runtime = build_runtime(1, Arc::new(config), None, &stdout_log).0;
-        Arc::new(Gateway {
+        let runtime = build_runtime(1, Arc::new(config), None, &stdout_log, &policy)?.0;
+        Ok(Arc::new(Gateway {
             current: ArcSwap::from_pointee(runtime),
             client: backend::client(),
             config_path,
             prometheus,
             admin_token,
             ready: AtomicBool::new(false),
+            policy,
             stdout_log,
             generation: AtomicU64::new(1),
             reload_lock: std::sync::Mutex::new(()),
-        })
+        }))
     }
 
     pub fn runtime(&self) -> Arc<Runtime> {
@@ -85,27 +113,57 @@ impl Gateway {
     pub fn reload(&self) -> Result<ReloadReport, ConfigError> {
         // Two reloads at once would race on which generation wins; one at a time.
         let _one = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let result = config::load(&self.config_path);
+        let result = self.try_reload();
         let outcome = if result.is_ok() { "ok" } else { "rejected" };
         metrics::counter!(crate::telemetry::CONFIG_RELOADS, "result" => outcome).increment(1);
-        let new = result?;
+        result
+    }
+
+    fn try_reload(&self) -> Result<ReloadReport, ConfigError> {
+        let new = config::load(&self.config_path)?;
         let old = self.current.load_full();
         let restart_required = server_changes(&old.config.server, &new.server);
-        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let (runtime, mut report) =
-            build_runtime(generation, Arc::new(new), Some(&old), &self.stdout_log);
+        let generation = self.generation.load(Ordering::Relaxed) + 1;
+        let (runtime, mut report) = build_runtime(
+            generation,
+            Arc::new(new),
+            Some(&old),
+            &self.stdout_log,
+            &self.policy,
+        )?;
+        self.generation.store(generation, Ordering::Relaxed);
         report.restart_required = restart_required;
         self.current.store(Arc::new(runtime));
         Ok(report)
     }
 }
 
+/// Builds a generation. Plugins load first: if any fails, nothing else is touched (function
+/// runtimes are only updated once everything is known to be good).
 fn build_runtime(
     generation: u64,
     config: Arc<Config>,
     old: Option<&Runtime>,
     stdout_log: &LogSink,
-) -> (Runtime, ReloadReport) {
+    policy: &PolicyHost,
+) -> Result<(Runtime, ReloadReport), ConfigError> {
+    let mut plugins = Vec::with_capacity(config.plugins.len());
+    let mut problems = Vec::new();
+    for (i, spec) in config.plugins.iter().enumerate() {
+        match policy.load(spec) {
+            Ok(p) => plugins.push(p),
+            Err(e) => problems.push(Problem {
+                path: format!("plugin[{i}]"),
+                message: e.to_string(),
+            }),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ConfigError {
+            file: config.file.clone(),
+            problems,
+        });
+    }
     let mut previous: HashMap<&str, &Arc<FunctionRuntime>> = HashMap::new();
     if let Some(old) = old {
         for (spec, rt) in old.config.functions.iter().zip(&old.functions) {
@@ -146,16 +204,24 @@ fn build_runtime(
     } else {
         LogSink::off()
     };
-    (
+    let by_id = config
+        .functions
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.id.clone(), i))
+        .collect();
+    Ok((
         Runtime {
             generation,
             config,
             router,
             functions,
+            plugins,
+            by_id,
             log,
         },
         report,
-    )
+    ))
 }
 
 fn server_changes(old: &ServerSettings, new: &ServerSettings) -> Vec<String> {

@@ -4,5 +4,6 @@
 mod forwarding;
 mod harness;
 mod operations;
+mod plugins;
 mod routing;
 mod scheduling;

@@ -13,7 +13,6 @@ use hyper::body::Incoming;
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use subtle::ConstantTimeEq;
 
 pub async fn handle(
     gw: Arc<Gateway>,
@@ -21,7 +20,14 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let rid = telemetry::next_request_id();
-    let mut resp = route(&gw, &req, rid.as_str());
+    let mut resp = if req.method() == Method::POST
+        && req.uri().path() == "/admin/reload"
+        && authorized(&gw, req.headers().get(header::AUTHORIZATION))
+    {
+        reload(gw.clone(), rid.as_str()).await
+    } else {
+        route(&gw, &req, rid.as_str())
+    };
     resp.headers_mut()
         .insert(crate::backend::X_REQUEST_ID.clone(), rid.header_value());
     resp
@@ -105,27 +111,6 @@ fn route(gw: &Gateway, req: &Request<Incoming>, rid: &str) -> Response<ResponseB
             "provisioned instance targets arrive with on-demand and provisioned scaling; static endpoints are always provisioned",
             rid,
         ),
-        (&Method::POST, ["admin", "reload"]) => match gw.reload() {
-            Ok(report) => {
-                tracing::info!(generation = report.generation, "configuration reloaded");
-                json_response(
-                    StatusCode::OK,
-                    json!({ "reloaded": true, "report": report }),
-                )
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "configuration reload rejected; nothing changed");
-                let body = json!({
-                    "error": {
-                        "code": "invalid_config",
-                        "message": format!("{} has {} problem(s); nothing was changed", e.file.display(), e.problems.len()),
-                        "request_id": rid,
-                        "problems": e.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
-                    }
-                });
-                json_response(StatusCode::UNPROCESSABLE_ENTITY, body)
-            }
-        },
         (_, ["metrics"] | ["admin", "functions"] | ["admin", "reload"]) => error_response(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
@@ -136,6 +121,40 @@ fn route(gw: &Gateway, req: &Request<Incoming>, rid: &str) -> Response<ResponseB
             StatusCode::NOT_FOUND,
             "not_found",
             &format!("no admin route {path}"),
+            rid,
+        ),
+    }
+}
+
+/// Reloads on a blocking thread: compiling a changed plugin must not stall a worker.
+async fn reload(gw: Arc<Gateway>, rid: &str) -> Response<ResponseBody> {
+    match tokio::task::spawn_blocking(move || gw.reload()).await {
+        Ok(Ok(report)) => {
+            tracing::info!(
+                generation = report.generation,
+                "configuration reloaded (admin API)"
+            );
+            json_response(
+                StatusCode::OK,
+                json!({ "reloaded": true, "report": report }),
+            )
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "configuration reload rejected; nothing changed");
+            let body = json!({
+                "error": {
+                    "code": "invalid_config",
+                    "message": format!("{} has {} problem(s); nothing was changed", e.file.display(), e.problems.len()),
+                    "request_id": rid,
+                    "problems": e.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+                }
+            });
+            json_response(StatusCode::UNPROCESSABLE_ENTITY, body)
+        }
+        Err(_) => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "reload failed unexpectedly",
             rid,
         ),
     }
@@ -161,12 +180,7 @@ fn function_json(
 }
 
 fn authorized(gw: &Gateway, v: Option<&HeaderValue>) -> bool {
-    let Some(v) = v else { return false };
-    let v = v.as_bytes();
-    if v.len() < 7 || !v[..7].eq_ignore_ascii_case(b"bearer ") {
-        return false;
-    }
-    v[7..].trim_ascii().ct_eq(&gw.admin_token).into()
+    crate::trigger::bearer_matches(v, &gw.admin_token)
 }
 
 fn json_response(status: StatusCode, v: serde_json::Value) -> Response<ResponseBody> {

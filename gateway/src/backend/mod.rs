@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,12 +50,24 @@ pin_project_lite::pin_project! {
         inner: Incoming,
         limit: u64,
         seen: Arc<AtomicU64>,
+        // Frames already read for policy plugins, sent first.
+        replay: VecDeque<Frame<Bytes>>,
     }
 }
 
 impl UpstreamBody {
     pub fn new(inner: Incoming, limit: u64, seen: Arc<AtomicU64>) -> Self {
-        UpstreamBody { inner, limit, seen }
+        UpstreamBody {
+            inner,
+            limit,
+            seen,
+            replay: VecDeque::new(),
+        }
+    }
+
+    pub fn with_replay(mut self, frames: VecDeque<Frame<Bytes>>) -> Self {
+        self.replay = frames;
+        self
     }
 }
 
@@ -67,7 +80,11 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
-        match this.inner.poll_frame(cx) {
+        let polled = match this.replay.pop_front() {
+            Some(frame) => Poll::Ready(Some(Ok(frame))),
+            None => this.inner.poll_frame(cx),
+        };
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     let total =
@@ -87,11 +104,23 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.replay.is_empty() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let buffered: u64 = self
+            .replay
+            .iter()
+            .filter_map(|f| f.data_ref())
+            .map(|d| d.len() as u64)
+            .sum();
+        let inner = self.inner.size_hint();
+        let mut h = SizeHint::new();
+        h.set_lower(inner.lower() + buffered);
+        if let Some(u) = inner.upper() {
+            h.set_upper(u + buffered);
+        }
+        h
     }
 }
 

@@ -38,6 +38,12 @@ pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
 pub const DEFAULT_MAX_H2_STREAMS: u32 = 256;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub const DEFAULT_PLUGIN_TIMEOUT: Duration = Duration::from_millis(5);
+pub const MAX_PLUGIN_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_PLUGIN_MEMORY: u64 = 16 * 1024 * 1024;
+pub const MAX_PLUGIN_MEMORY: u64 = 256 * 1024 * 1024;
+pub const MAX_PLUGIN_BODY_PREFIX: usize = 64 * 1024;
+pub const MAX_PLUGINS_PER_TRIGGER: usize = 8;
 
 /// One problem found in a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -85,7 +91,31 @@ pub struct Config {
     pub server: ServerSettings,
     pub functions: Vec<Arc<FunctionSpec>>,
     pub triggers: Vec<HttpTriggerSpec>,
+    pub plugins: Vec<PluginSpec>,
     pub log_stdout: bool,
+}
+
+/// A policy plugin as configured; loading and compiling happen in `crate::policy`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PluginSpec {
+    pub name: String,
+    pub path: PathBuf,
+    /// Sorted, so equal configs compare equal.
+    pub config: std::collections::BTreeMap<String, String>,
+    pub timeout: Duration,
+    pub memory: u64,
+    pub on_error: OnError,
+    /// Bytes of the request body the plugin sees (its `body_prefix` config value), 0 for none.
+    pub body_prefix: usize,
+    pub wall_clock: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OnError {
+    /// Answer 503 naming the plugin.
+    FailClosed,
+    /// Go on as if the plugin were not there.
+    FailOpen,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -169,6 +199,8 @@ pub struct HttpTriggerSpec {
     pub methods: Option<Vec<Method>>,
     pub auth: AuthSpec,
     pub strip_prefix: bool,
+    /// Indexes into `Config::plugins`, applied in order.
+    pub plugins: Vec<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -23,7 +23,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub event_source: Vec<toml::Value>,
     #[serde(default)]
-    pub plugin: Vec<toml::Value>,
+    pub plugin: Vec<RawPlugin>,
     pub telemetry: Option<RawTelemetry>,
 }
 
@@ -159,4 +159,20 @@ pub struct RawTelemetry {
 pub struct RawLogSink {
     pub stdout: Option<bool>,
     pub file: Option<toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlugin {
+    pub name: Option<String>,
+    pub path: Option<String>,
+    /// Free-form string values handed to the plugin through `config-get`.
+    #[serde(default)]
+    pub config: std::collections::BTreeMap<String, toml::Value>,
+    pub timeout: Option<String>,
+    pub memory: Option<SizeValue>,
+    pub on_error: Option<String>,
+    /// Sandbox relaxations; only "wall-clock" exists.
+    #[serde(default)]
+    pub grants: Vec<String>,
 }

@@ -246,8 +246,17 @@ pub(super) fn compile(
     if !raw.event_source.is_empty() {
         cx.unsupported("event_source", "object-storage event sources");
     }
-    if !raw.plugin.is_empty() {
-        cx.unsupported("plugin", "Wasm policy plugins");
+    let mut plugins: Vec<PluginSpec> = Vec::new();
+    for (pi, p) in raw.plugin.iter().enumerate() {
+        if let Some(spec) = compile_plugin(&mut cx, &format!("plugin[{pi}]"), p) {
+            if plugins.iter().any(|x| x.name == spec.name) {
+                cx.err(
+                    format!("plugin[{pi}].name"),
+                    format!("plugin `{}` is defined twice", spec.name),
+                );
+            }
+            plugins.push(spec);
+        }
     }
 
     let server = compile_server(&mut cx, &raw.server);
@@ -329,7 +338,7 @@ pub(super) fn compile(
     let mut routes_seen: HashMap<RouteKey, Vec<TriggerMethods>> = HashMap::new();
     for (ti, t) in raw.trigger.iter().enumerate() {
         let tp = format!("trigger[{ti}]");
-        if let Some(spec) = compile_trigger(&mut cx, &tp, t, &by_id) {
+        if let Some(spec) = compile_trigger(&mut cx, &tp, t, &by_id, &plugins) {
             if !trigger_names.insert(spec.name.clone()) {
                 cx.err(
                     format!("{tp}.name"),
@@ -363,6 +372,7 @@ pub(super) fn compile(
             server: server.expect("server settings compile when there are no problems"),
             functions,
             triggers,
+            plugins,
             log_stdout,
         })
     } else {
@@ -656,6 +666,7 @@ fn compile_trigger(
     tp: &str,
     t: &RawTrigger,
     by_id: &HashMap<String, usize>,
+    known_plugins: &[PluginSpec],
 ) -> Option<HttpTriggerSpec> {
     let name = match &t.name {
         Some(n) if !n.is_empty() => n.clone(),
@@ -693,8 +704,29 @@ fn compile_trigger(
             cx.err(format!("{tp}.{key}"), "only oss triggers take this key");
         }
     }
-    if t.plugins.as_ref().is_some_and(|p| !p.is_empty()) {
-        cx.unsupported(format!("{tp}.plugins"), "Wasm policy plugins");
+    let mut plugins = Vec::new();
+    let names = t.plugins.as_deref().unwrap_or(&[]);
+    if names.len() > MAX_PLUGINS_PER_TRIGGER {
+        cx.err(
+            format!("{tp}.plugins"),
+            format!(
+                "{} plugins; a chain has at most {MAX_PLUGINS_PER_TRIGGER}",
+                names.len()
+            ),
+        );
+    }
+    for (i, n) in names.iter().enumerate() {
+        match known_plugins.iter().position(|p| &p.name == n) {
+            Some(idx) if plugins.contains(&idx) => cx.err(
+                format!("{tp}.plugins[{i}]"),
+                format!("plugin `{n}` is listed twice"),
+            ),
+            Some(idx) => plugins.push(idx),
+            None => cx.err(
+                format!("{tp}.plugins[{i}]"),
+                format!("no [[plugin]] named `{n}`"),
+            ),
+        }
     }
     match t.invocation.as_deref() {
         None | Some("sync") => {}
@@ -828,6 +860,105 @@ fn compile_trigger(
         methods,
         auth,
         strip_prefix: t.strip_prefix.unwrap_or(true),
+        plugins,
+    })
+}
+
+fn compile_plugin(cx: &mut Ctx<'_>, pp: &str, p: &RawPlugin) -> Option<PluginSpec> {
+    let name = match &p.name {
+        Some(n) if valid_name(n) => n.clone(),
+        Some(n) => {
+            cx.err(
+                format!("{pp}.name"),
+                format!("`{n}` is not a valid name: {NAME_RULE}"),
+            );
+            return None;
+        }
+        None => {
+            cx.err(format!("{pp}.name"), "missing");
+            return None;
+        }
+    };
+    let path = match &p.path {
+        Some(path) => cx.file_path(path),
+        None => {
+            cx.err(format!("{pp}.path"), "missing; the .wasm component file");
+            return None;
+        }
+    };
+    let mut config = std::collections::BTreeMap::new();
+    for (k, v) in &p.config {
+        let text = match v {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                cx.err(
+                    format!("{pp}.config.{k}"),
+                    format!("`{other}`: plugin config values are strings, numbers or booleans"),
+                );
+                continue;
+            }
+        };
+        config.insert(k.clone(), text);
+    }
+    let body_prefix = match config.get("body_prefix") {
+        None => 0,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if n <= MAX_PLUGIN_BODY_PREFIX => n,
+            _ => {
+                cx.err(
+                    format!("{pp}.config.body_prefix"),
+                    format!("`{v}`: a byte count up to {MAX_PLUGIN_BODY_PREFIX}"),
+                );
+                0
+            }
+        },
+    };
+    let timeout = cx.duration(
+        format!("{pp}.timeout"),
+        &p.timeout,
+        DEFAULT_PLUGIN_TIMEOUT,
+        MAX_PLUGIN_TIMEOUT,
+    );
+    let memory = cx.size(
+        format!("{pp}.memory"),
+        &p.memory,
+        DEFAULT_PLUGIN_MEMORY,
+        1 << 20,
+        MAX_PLUGIN_MEMORY,
+    );
+    let on_error = match p.on_error.as_deref() {
+        None | Some("fail-closed") => OnError::FailClosed,
+        Some("fail-open") => OnError::FailOpen,
+        Some(other) => {
+            cx.err(
+                format!("{pp}.on_error"),
+                format!("`{other}`: expected \"fail-closed\" or \"fail-open\""),
+            );
+            OnError::FailClosed
+        }
+    };
+    let mut wall_clock = false;
+    for (i, g) in p.grants.iter().enumerate() {
+        match g.as_str() {
+            "wall-clock" => wall_clock = true,
+            other => cx.err(
+                format!("{pp}.grants[{i}]"),
+                format!("`{other}`: the only grant is \"wall-clock\"; plugins never get files, network or environment"),
+            ),
+        }
+    }
+    Some(PluginSpec {
+        name,
+        path,
+        config,
+        timeout,
+        memory,
+        on_error,
+        body_prefix,
+        wall_clock,
     })
 }
 

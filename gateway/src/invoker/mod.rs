@@ -15,6 +15,10 @@ use crate::backend::{
 };
 use crate::body::{BoxError, ResponseBody};
 use crate::error::GatewayError;
+use crate::policy::{
+    Decision, FailureKind, Invocation, LiveState, PluginFailure, RequestView, RouteChange,
+    WitRequest,
+};
 use crate::scheduler::{Acquired, ScheduleError, Slot};
 use crate::state::{Gateway, Runtime};
 use crate::telemetry::{self, InvocationLog, Reject, RequestId, UpstreamFailure};
@@ -68,18 +72,22 @@ async fn invoke(
     req: Request<Incoming>,
     record: &mut Record,
 ) -> Result<Response<ResponseBody>, GatewayError> {
+    let (mut parts, mut body) = req.into_parts();
+    let deadline_base = record.start;
+
     // 1. Trigger match and auth.
     // Owned (a refcount bump) because the request is taken apart before the host is used again.
-    let host_value = request_host(&req);
+    let host_value = request_host(&parts);
     let host = host_value.as_ref().and_then(|v| v.to_str().ok());
     let host_no_port = host.map(strip_port);
-    let path = req.uri().path();
-    let (trigger, fidx, rest) = match rt.router.route(host_no_port, req.method(), path) {
+    let path = parts.uri.path();
+    let (trigger, tidx, mut fidx, rest) = match rt.router.route(host_no_port, &parts.method, path) {
         crate::trigger::Route::Matched {
             trigger,
+            index,
             function,
             rest,
-        } => (trigger, function, rest),
+        } => (trigger, index, function, rest),
         crate::trigger::Route::NotFound => {
             telemetry::rejected_unrouted();
             return Err(GatewayError::NotFound {
@@ -88,28 +96,163 @@ async fn invoke(
         }
         crate::trigger::Route::MethodNotAllowed { allow } => {
             return Err(GatewayError::MethodNotAllowed {
-                method: req.method().to_string(),
+                method: parts.method.to_string(),
                 allow,
             });
         }
     };
-    let function = &rt.functions[fidx];
-    let spec = function.spec().clone();
-    record.trigger = Some(trigger_index(rt, trigger));
+    record.trigger = Some(tidx);
     record.function = Some(fidx);
-    if !crate::trigger::authorize(&trigger.auth, req.headers().get(header::AUTHORIZATION)) {
-        function.metrics.rejected(Reject::Unauthorized);
+    if !crate::trigger::authorize(&trigger.auth, parts.headers.get(header::AUTHORIZATION)) {
+        rt.functions[fidx].metrics.rejected(Reject::Unauthorized);
         return Err(GatewayError::Unauthorized {
             trigger: trigger.name.clone(),
         });
     }
-
-    // 2. Admission: a declared length over the limit is refused before taking a slot.
-    if let Some(len) = req
-        .headers()
+    let declared_len = parts
+        .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+
+    // 2. Policy plugins, in the trigger's order.
+    let mut rest = std::borrow::Cow::Borrowed(rest);
+    let mut priority = 0;
+    let mut header_changes: Vec<RouteChange> = Vec::new();
+    let mut replay = std::collections::VecDeque::new();
+    if !trigger.plugins.is_empty() {
+        let want_prefix = trigger
+            .plugins
+            .iter()
+            .map(|&i| rt.config.plugins[i].body_prefix)
+            .max()
+            .unwrap_or(0);
+        let prefix = if want_prefix > 0 {
+            let deadline = deadline_base + rt.config.functions[fidx].timeout;
+            let (prefix, frames) = read_prefix(&mut body, want_prefix, deadline).await?;
+            replay = frames;
+            Some(prefix)
+        } else {
+            None
+        };
+        let view = RequestView {
+            request_id: record.request_id.as_str().to_string(),
+            method: parts.method.to_string(),
+            scheme: if conn.tls { "https" } else { "http" }.to_string(),
+            authority: host.unwrap_or("").to_string(),
+            path: parts.uri.path().to_string(),
+            query: parts.uri.query().map(str::to_string),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        n.as_str().to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            client_addr: conn.peer.ip().to_string(),
+            trigger: trigger.name.clone(),
+            function: rt.config.functions[fidx].id.clone(),
+            body_prefix: prefix,
+            body_length: declared_len,
+        };
+        let mut wreq = WitRequest::new(view);
+        let live: Arc<dyn LiveState> = rt.clone();
+        for &pi in &trigger.plugins {
+            let plugin = &rt.plugins[pi];
+            let outcome = plugin.on_request(&wreq, &live).await.and_then(|d| match d {
+                Decision::Proceed(change) => match &change.function {
+                    Some(f) => match rt.function(f) {
+                        Some((i, _)) => Ok(Decision::Proceed(change)).map(|d| (d, Some(i))),
+                        None => Err(PluginFailure {
+                            plugin: plugin.name().to_string(),
+                            kind: FailureKind::InvalidDecision,
+                            detail: format!(
+                                "routes to `{}`, which is not a configured function",
+                                f
+                            ),
+                            on_error: plugin.spec.on_error,
+                        }),
+                    },
+                    None => Ok((Decision::Proceed(change), None)),
+                },
+                reject => Ok((reject, None)),
+            });
+            match outcome {
+                Ok((Decision::Proceed(change), new_fn)) => {
+                    if let Some(i) = new_fn {
+                        fidx = i;
+                        record.function = Some(fidx);
+                    }
+                    if change.invocation == Some(Invocation::Async) {
+                        return Err(GatewayError::NotImplemented {
+                            what: format!("plugin `{}` chose an async invocation", plugin.name()),
+                        });
+                    }
+                    if let Some(p) = change.priority {
+                        priority = p;
+                    }
+                    if let Some(t) = &change.tenant {
+                        record.tenant = Some(t.clone());
+                    }
+                    if let Some(p) = &change.path {
+                        rest = std::borrow::Cow::Owned(p.clone());
+                    }
+                    wreq.apply(&change);
+                    header_changes.push(change);
+                }
+                Ok((
+                    Decision::Reject {
+                        status,
+                        headers,
+                        body,
+                    },
+                    _,
+                )) => {
+                    record.status = status.as_u16();
+                    record.error = Some(format!("rejected by plugin `{}`", plugin.name()));
+                    let mut resp = Response::new(ResponseBody::full(body));
+                    *resp.status_mut() = status;
+                    let h = resp.headers_mut();
+                    h.insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; charset=utf-8"),
+                    );
+                    for (n, v) in headers {
+                        h.insert(n, v);
+                    }
+                    h.insert(X_REQUEST_ID.clone(), record.request_id.header_value());
+                    record.finish();
+                    return Ok(resp);
+                }
+                Err(failure) => match failure.on_error {
+                    crate::config::OnError::FailOpen => {
+                        tracing::warn!(
+                            request_id = record.request_id.as_str(),
+                            "{failure}; failing open"
+                        );
+                    }
+                    crate::config::OnError::FailClosed => {
+                        tracing::warn!(
+                            request_id = record.request_id.as_str(),
+                            "{failure}; failing closed"
+                        );
+                        return Err(GatewayError::PluginFailed {
+                            plugin: failure.plugin,
+                            detail: failure.detail,
+                        });
+                    }
+                },
+            }
+        }
+    }
+    let function = &rt.functions[fidx];
+    let spec = function.spec().clone();
+
+    // 3. Admission: a declared length over the limit is refused before taking a slot.
+    if let Some(len) = declared_len
         && len > spec.max_body
     {
         function.metrics.rejected(Reject::BodyTooLarge);
@@ -119,8 +262,8 @@ async fn invoke(
         });
     }
 
-    // 3. Scheduling.
-    let Acquired { slot, queue_wait } = match function.acquire(0).await {
+    // 4. Scheduling.
+    let Acquired { slot, queue_wait } = match function.acquire(priority).await {
         Ok(a) => a,
         Err(ScheduleError::QueueFull { max_queued }) => {
             function.metrics.rejected(Reject::QueueFull);
@@ -148,10 +291,10 @@ async fn invoke(
     let instance = slot.instance().clone();
     record.instance = Some(instance.clone());
 
-    // 4. Forwarding.
-    let deadline = tokio::time::Instant::from_std(start_of(record)) + spec.timeout;
+    // 5. Forwarding.
+    let deadline = tokio::time::Instant::from_std(deadline_base) + spec.timeout;
     let upstream_uri = {
-        let pq = match req.uri().query() {
+        let pq = match parts.uri.query() {
             Some(q) => format!("{rest}?{q}"),
             None => rest.to_string(),
         };
@@ -163,7 +306,6 @@ async fn invoke(
             .map_err(|e| GatewayError::BadRequest(format!("cannot forward this path: {e}")))?
     };
     let strip_authorization = matches!(trigger.auth, crate::config::AuthSpec::Bearer(_));
-    let (mut parts, body) = req.into_parts();
     backend::strip_hop_by_hop(&mut parts.headers);
     backend::add_forwarded(&mut parts.headers, conn.peer.ip(), conn.tls, host);
     if strip_authorization {
@@ -173,6 +315,14 @@ async fn invoke(
     if let Some(h) = host_value.clone() {
         parts.headers.insert(header::HOST, h);
     }
+    for change in header_changes {
+        for n in change.remove_headers {
+            parts.headers.remove(n);
+        }
+        for (n, v) in change.set_headers {
+            parts.headers.insert(n, v);
+        }
+    }
     parts
         .headers
         .insert(X_REQUEST_ID.clone(), record.request_id.header_value());
@@ -180,7 +330,7 @@ async fn invoke(
     parts.version = Version::HTTP_11;
     let upstream_req = Request::from_parts(
         parts,
-        UpstreamBody::new(body, spec.max_body, record.bytes_in.clone()),
+        UpstreamBody::new(body, spec.max_body, record.bytes_in.clone()).with_replay(replay),
     );
 
     let upstream_start = Instant::now();
@@ -248,24 +398,44 @@ async fn invoke(
     ))
 }
 
-fn start_of(record: &Record) -> Instant {
-    record.start
-}
-
-fn trigger_index(rt: &Runtime, t: &crate::config::HttpTriggerSpec) -> usize {
-    rt.config
-        .triggers
-        .iter()
-        .position(|x| x.name == t.name)
-        .unwrap_or(usize::MAX)
-}
-
 /// The host the client asked for: the URI authority (HTTP/2, absolute-form) or the Host header.
-fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
-    match req.uri().authority() {
+fn request_host(parts: &http::request::Parts) -> Option<HeaderValue> {
+    match parts.uri.authority() {
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => req.headers().get(header::HOST).cloned(),
+        None => parts.headers.get(header::HOST).cloned(),
     }
+}
+
+/// Reads up to `n` body bytes for plugins; the frames read are replayed to the function.
+async fn read_prefix(
+    body: &mut Incoming,
+    n: usize,
+    deadline: Instant,
+) -> Result<(Vec<u8>, std::collections::VecDeque<Frame<Bytes>>), GatewayError> {
+    use http_body_util::BodyExt;
+    let mut prefix = Vec::with_capacity(n.min(64 * 1024));
+    let mut frames = std::collections::VecDeque::new();
+    while prefix.len() < n {
+        let next =
+            tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), body.frame()).await;
+        match next {
+            Err(_) => {
+                return Err(GatewayError::BadRequest(
+                    "request body too slow for the policy plugins".into(),
+                ));
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(GatewayError::BadRequest(format!("request body: {e}"))),
+            Ok(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    let take = (n - prefix.len()).min(d.len());
+                    prefix.extend_from_slice(&d[..take]);
+                }
+                frames.push_back(frame);
+            }
+        }
+    }
+    Ok((prefix, frames))
 }
 
 fn strip_port(host: &str) -> &str {
@@ -332,6 +502,7 @@ pub struct Record {
     bytes_in: Arc<AtomicU64>,
     bytes_out: u64,
     error: Option<String>,
+    tenant: Option<String>,
 }
 
 impl Record {
@@ -342,37 +513,27 @@ impl Record {
         req: &Request<Incoming>,
         start: Instant,
     ) -> Self {
-        Record {
-            rt: Some(rt),
-            request_id,
-            start,
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            version: req.version(),
-            client: conn.peer,
-            trigger: None,
-            function: None,
-            instance: None,
-            queue_wait: Duration::ZERO,
-            upstream_start: None,
-            upstream_headers: None,
-            status: 0,
-            bytes_in: Arc::new(AtomicU64::new(0)),
-            bytes_out: 0,
-            error: None,
-        }
+        let mut r = Record::blank(request_id, start, conn.peer, req.version());
+        r.rt = Some(rt);
+        r.method = req.method().clone();
+        r.uri = req.uri().clone();
+        r
     }
 
     /// An inert copy left behind when the record moves into the response body.
     fn detached(&self) -> Self {
+        Record::blank(self.request_id, self.start, self.client, self.version)
+    }
+
+    fn blank(request_id: RequestId, start: Instant, client: SocketAddr, version: Version) -> Self {
         Record {
             rt: None,
-            request_id: self.request_id,
-            start: self.start,
+            request_id,
+            start,
             method: http::Method::GET,
             uri: Uri::default(),
-            version: self.version,
-            client: self.client,
+            version,
+            client,
             trigger: None,
             function: None,
             instance: None,
@@ -383,6 +544,7 @@ impl Record {
             bytes_in: Arc::new(AtomicU64::new(0)),
             bytes_out: 0,
             error: None,
+            tenant: None,
         }
     }
 
@@ -424,6 +586,7 @@ impl Record {
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.bytes_out,
             error: self.error.as_deref(),
+            tenant: self.tenant.as_deref(),
         };
         rt.log.emit(&line);
     }

@@ -33,6 +33,8 @@ pub struct InvocationLog<'a> {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub error: Option<&'a str>,
+    /// Tenant key from a policy plugin's decision.
+    pub tenant: Option<&'a str>,
 }
 
 /// Where invocation lines go.

@@ -27,10 +27,16 @@ pub const TLS_HANDSHAKE_FAILURES: &str = "fngate_tls_handshake_failures_total";
 pub const CONFIG_RELOADS: &str = "fngate_config_reloads_total";
 pub const CERT_RELOADS: &str = "fngate_tls_cert_reloads_total";
 pub const LOG_LINES_DROPPED: &str = "fngate_log_lines_dropped_total";
+pub const PLUGIN_CALLS: &str = "fngate_plugin_calls_total";
+pub const PLUGIN_FAILURES: &str = "fngate_plugin_failures_total";
+pub const PLUGIN_CALL_DURATION: &str = "fngate_plugin_call_duration_seconds";
+pub const PLUGIN_COUNTER: &str = "fngate_plugin_counter_total";
+pub const PLUGIN_HISTOGRAM: &str = "fngate_plugin_histogram";
+pub const PLUGIN_LOG_SAMPLED: &str = "fngate_plugin_log_lines_sampled_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-    60.0, 300.0,
+    0.00001, 0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();

@@ -25,6 +25,8 @@ pub struct Router {
 pub enum Route<'a> {
     Matched {
         trigger: &'a HttpTriggerSpec,
+        /// Index of the trigger in `Config::triggers`.
+        index: usize,
         /// Index into `Config::functions`.
         function: usize,
         /// The path the function sees (without the query), always starting with `/`.
@@ -131,6 +133,7 @@ impl Router {
                 _ => {
                     return Route::Matched {
                         trigger: t,
+                        index: i,
                         function: *function,
                         rest,
                     };
@@ -156,6 +159,7 @@ impl Router {
         };
         Route::Matched {
             trigger: t,
+            index: i,
             function: t.function,
             rest,
         }
@@ -192,17 +196,19 @@ fn join_methods(mut ms: Vec<&Method>) -> String {
 pub fn authorize(auth: &AuthSpec, authorization: Option<&http::HeaderValue>) -> bool {
     match auth {
         AuthSpec::Anonymous => true,
-        AuthSpec::Bearer(secret) => {
-            let Some(v) = authorization else { return false };
-            let v = v.as_bytes();
-            // Scheme is case-insensitive (RFC 7235); the token is compared without early exit.
-            if v.len() < 7 || !v[..7].eq_ignore_ascii_case(b"bearer ") {
-                return false;
-            }
-            let token = v[7..].trim_ascii();
-            token.ct_eq(&secret.value).into()
-        }
+        AuthSpec::Bearer(secret) => bearer_matches(authorization, &secret.value),
     }
+}
+
+/// `Authorization: Bearer <token>` against an expected token; the scheme is case-insensitive
+/// (RFC 7235) and the token is compared without early exit.
+pub fn bearer_matches(authorization: Option<&http::HeaderValue>, expected: &[u8]) -> bool {
+    let Some(v) = authorization else { return false };
+    let v = v.as_bytes();
+    if v.len() < 7 || !v[..7].eq_ignore_ascii_case(b"bearer ") {
+        return false;
+    }
+    v[7..].trim_ascii().ct_eq(expected).into()
 }
 
 #[cfg(test)]

@@ -1,0 +1,229 @@
+//! Host tests against the real example and hostile components built from `plugins/`
+//! (`plugins/build.sh`; the test script builds them before running the tests).
+
+use super::*;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+pub(crate) fn plugin_path(lib: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/target/wasm32-wasip2/release")
+        .join(format!("{lib}.wasm"));
+    assert!(
+        p.exists(),
+        "{} is missing: run plugins/build.sh first",
+        p.display()
+    );
+    p
+}
+
+fn spec(name: &str, lib: &str, config: &[(&str, &str)], on_error: OnError) -> PluginSpec {
+    PluginSpec {
+        name: name.into(),
+        path: plugin_path(lib),
+        config: config
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<BTreeMap<_, _>>(),
+        timeout: Duration::from_millis(20),
+        memory: 16 << 20,
+        on_error,
+        body_prefix: 0,
+        wall_clock: false,
+    }
+}
+
+fn request(headers: &[(&str, &str)]) -> WitRequest {
+    WitRequest::new(RequestView {
+        request_id: "0123456789abcdef".into(),
+        method: "GET".into(),
+        scheme: "https".into(),
+        authority: "localhost".into(),
+        path: "/echo/x".into(),
+        query: None,
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        client_addr: "127.0.0.1".into(),
+        trigger: "echo-http".into(),
+        function: "demo/echo".into(),
+        body_prefix: None,
+        body_length: Some(10),
+    })
+}
+
+struct FakeLoad(u32);
+impl LiveState for FakeLoad {
+    fn function_load(&self, f: &str) -> Option<FunctionLoad> {
+        (f.starts_with("llm/")).then_some(FunctionLoad {
+            provisioned_instances: 1,
+            total_slots: 1,
+            busy_slots: 1,
+            queue_depth: if f == "llm/t4" { self.0 } else { 0 },
+            ..Default::default()
+        })
+    }
+}
+
+fn live(q: u32) -> Arc<dyn LiveState> {
+    Arc::new(FakeLoad(q))
+}
+
+#[tokio::test]
+async fn header_router_routes_by_header() {
+    let host = PolicyHost::new().unwrap();
+    let p = host
+        .load(&spec(
+            "router",
+            "header_router",
+            &[
+                ("routes", "a=demo/echo-a,b=demo/echo-b"),
+                ("canary_percent", "0"),
+            ],
+            OnError::FailClosed,
+        ))
+        .unwrap();
+    let d = p
+        .on_request(&request(&[("x-variant", "b")]), &live(0))
+        .await
+        .unwrap();
+    let Decision::Proceed(r) = d else {
+        panic!("{d:?}")
+    };
+    assert_eq!(r.function.as_deref(), Some("demo/echo-b"));
+    let d = p.on_request(&request(&[]), &live(0)).await.unwrap();
+    let Decision::Proceed(r) = d else {
+        panic!("{d:?}")
+    };
+    assert_eq!(r.function, None);
+}
+
+#[tokio::test]
+async fn gpu_router_spills_on_deep_queue() {
+    let host = PolicyHost::new().unwrap();
+    let p = host
+        .load(&spec(
+            "gpu",
+            "gpu_router",
+            &[
+                ("long_function", "llm/a10"),
+                ("short_function", "llm/t4"),
+                ("spill_function", "llm/spill"),
+                ("spill_queue_depth", "4"),
+                ("long_prompt_bytes", "100"),
+            ],
+            OnError::FailClosed,
+        ))
+        .unwrap();
+    for (q, want) in [(0, "llm/t4"), (9, "llm/spill")] {
+        match p.on_request(&request(&[]), &live(q)).await.unwrap() {
+            Decision::Proceed(r) => assert_eq!(r.function.as_deref(), Some(want)),
+            d => panic!("{d:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn event_filter_drops_and_routes() {
+    let host = PolicyHost::new().unwrap();
+    let p = host
+        .load(&spec(
+            "events",
+            "event_filter",
+            &[
+                ("drop_suffixes", ".tmp"),
+                ("routes", "images/=media/thumbnail"),
+            ],
+            OnError::FailClosed,
+        ))
+        .unwrap();
+    let ev = |key: &str| EventView {
+        source: "rgw".into(),
+        event_name: "ObjectCreated:Put".into(),
+        bucket: "b".into(),
+        key: key.into(),
+        trigger: "t".into(),
+        function: "media/default".into(),
+        ..Default::default()
+    };
+    assert!(matches!(
+        p.on_event(&ev("x.tmp"), &live(0)).await.unwrap(),
+        EventDecision::Drop(_)
+    ));
+    match p.on_event(&ev("images/cat.png"), &live(0)).await.unwrap() {
+        EventDecision::Dispatch { function, .. } => {
+            assert_eq!(function.as_deref(), Some("media/thumbnail"))
+        }
+        d => panic!("{d:?}"),
+    }
+}
+
+#[tokio::test]
+async fn hostile_plugins_are_contained() {
+    let host = PolicyHost::new().unwrap();
+    for (mode, kind) in [
+        ("loop", FailureKind::Deadline),
+        ("membomb", FailureKind::Memory),
+        ("recursion", FailureKind::Trap),
+        ("trap", FailureKind::Trap),
+        ("oversized", FailureKind::InvalidDecision),
+    ] {
+        let p = host
+            .load(&spec(
+                &format!("hostile-{mode}"),
+                "hostile",
+                &[("mode", mode)],
+                OnError::FailOpen,
+            ))
+            .unwrap();
+        let t = Instant::now();
+        let f = p.on_request(&request(&[]), &live(0)).await.unwrap_err();
+        assert_eq!(f.kind, kind, "{mode}: {f}");
+        assert_eq!(f.on_error, OnError::FailOpen);
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "{mode} took {:?}",
+            t.elapsed()
+        );
+        // A failed instance is discarded; the next call gets a fresh one and fails the same way,
+        // never hangs or poisons the pool.
+        assert_eq!(
+            p.on_request(&request(&[]), &live(0))
+                .await
+                .unwrap_err()
+                .kind,
+            kind,
+            "{mode} again"
+        );
+    }
+    // A well-behaved instance of the same component is unaffected.
+    let ok = host
+        .load(&spec(
+            "hostile-ok",
+            "hostile",
+            &[("mode", "ok")],
+            OnError::FailClosed,
+        ))
+        .unwrap();
+    assert!(ok.on_request(&request(&[]), &live(0)).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_a_component_is_refused() {
+    let host = PolicyHost::new().unwrap();
+    let dir = std::env::temp_dir().join(format!("fngate-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.wasm");
+    std::fs::write(&bad, b"\0asm garbage").unwrap();
+    let mut s = spec("bad", "header_router", &[], OnError::FailClosed);
+    s.path = bad;
+    let e = host.load(&s).unwrap_err().to_string();
+    assert!(
+        e.contains("plugin `bad`") && e.contains("not a valid policy component"),
+        "{e}"
+    );
+    s.path = dir.join("missing.wasm");
+    let e = host.load(&s).unwrap_err().to_string();
+    assert!(e.contains("cannot read"), "{e}");
+}
