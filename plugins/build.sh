@@ -3,6 +3,9 @@
 # lists them. Extra arguments go to cargo, e.g. `plugins/build.sh -p header-router`.
 set -euo pipefail
 cd "$(dirname "$0")"
+# The components always land in plugins/target, where the gateway's tests and configs look for
+# them, even when the caller points CARGO_TARGET_DIR elsewhere (as .ci/run does).
+export CARGO_TARGET_DIR="$PWD/target"
 
 target=wasm32-wasip2
 if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx "$target"; then

@@ -15,10 +15,13 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
 echo "== plugins"; ./plugins/build.sh >/dev/null
 echo "== fmt";    cargo fmt --all -- --check
-(cd plugins && cargo fmt --all -- --check && cargo clippy --release --locked -- -D warnings)
+(cd plugins && export CARGO_TARGET_DIR="$PWD/target" && cargo fmt --all -- --check && cargo clippy --release --locked -- -D warnings)
+echo "== deps";   if cargo tree --workspace --target all -i ring 2>/dev/null | grep -q "^ring"; then
+    echo "ring is in the dependency tree; rustls must use aws-lc-rs only"; exit 1
+fi
 echo "== clippy"; cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== build";  cargo build --workspace --locked
 echo "== test";   cargo test --workspace --locked -- --test-threads="${FNGATE_TEST_THREADS:-4}"
 echo "== plugin tests (native)"
-(cd plugins && cargo test --locked --target "$(rustc -vV | sed -n 's/^host: //p')" --workspace)
+(cd plugins && CARGO_TARGET_DIR="$PWD/target" cargo test --locked --target "$(rustc -vV | sed -n 's/^host: //p')" --workspace)
 echo "== all tests passed"

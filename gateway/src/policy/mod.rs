@@ -217,6 +217,9 @@ impl PolicyHost {
             .total_memories(512)
             .total_tables(1024)
             .total_stacks(512)
+            // Calls run on pooled fiber stacks; keeping their hot top resident avoids page faults
+            // on every call.
+            .async_stack_keep_resident(256 << 10)
             .max_memory_size(crate::config::MAX_PLUGIN_MEMORY as usize)
             .linear_memory_keep_resident(1 << 20)
             .table_keep_resident(64 << 10);
