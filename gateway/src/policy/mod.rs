@@ -20,7 +20,8 @@ use crate::config::{OnError, PluginSpec};
 use host::{Limiter, PluginState, Shared};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
@@ -202,6 +203,7 @@ pub struct PolicyHost {
     components: Mutex<HashMap<u64, Component>>,
     plugins: Mutex<HashMap<(u64, PluginSpec), Weak<Plugin>>>,
     shared: Mutex<HashMap<String, Arc<Shared>>>,
+    ticker: Arc<Ticker>,
 }
 
 impl PolicyHost {
@@ -230,13 +232,14 @@ impl PolicyHost {
             .map_err(|e| PolicyError::Engine(format!("{e:#}")))?;
         Policy::add_to_linker::<_, wasmtime::component::HasSelf<PluginState>>(&mut linker, |s| s)
             .map_err(|e| PolicyError::Engine(format!("{e:#}")))?;
-        spawn_epoch_ticker(&engine);
+        let ticker = Ticker::spawn(&engine);
         Ok(Arc::new(PolicyHost {
             engine,
             linker,
             components: Mutex::new(HashMap::new()),
             plugins: Mutex::new(HashMap::new()),
             shared: Mutex::new(HashMap::new()),
+            ticker,
         }))
     }
 
@@ -294,6 +297,7 @@ impl PolicyHost {
         let plugin = Arc::new(Plugin {
             spec: spec.clone(),
             engine: self.engine.clone(),
+            ticker: self.ticker.clone(),
             pre,
             idle: Mutex::new(Vec::new()),
             shared,
@@ -334,19 +338,74 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// One thread per engine advances the epoch; it stops when the engine is gone.
-fn spawn_epoch_ticker(engine: &Engine) {
-    let weak = engine.weak();
-    std::thread::Builder::new()
-        .name("fngate-epoch".into())
-        .spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(EPOCH_TICK);
-            }
-        })
-        .expect("spawn epoch ticker thread");
+/// One thread per engine advances the epoch every millisecond while plugins are being called, and
+/// sleeps when none has been called for `TICKER_IDLE_AFTER`, so a gateway without plugin traffic
+/// is not woken 1,000 times a second. It stops when the engine is gone.
+struct Ticker {
+    start: Instant,
+    /// Milliseconds since `start` of the latest call.
+    last_call_ms: AtomicU64,
+    sleeping: AtomicBool,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+const TICKER_IDLE_AFTER: Duration = Duration::from_secs(1);
+
+impl Ticker {
+    fn spawn(engine: &Engine) -> Arc<Ticker> {
+        let t = Arc::new(Ticker {
+            start: Instant::now(),
+            last_call_ms: AtomicU64::new(0),
+            sleeping: AtomicBool::new(false),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+        });
+        let weak = engine.weak();
+        let ticker = t.clone();
+        std::thread::Builder::new()
+            .name("fngate-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    if ticker.idle() {
+                        // Announce the sleep before re-checking, and re-check under the lock that
+                        // `touch` takes to notify: a call that starts meanwhile either sees
+                        // `sleeping` and wakes us, or we see its timestamp and keep ticking.
+                        let guard = lock(&ticker.lock);
+                        ticker.sleeping.store(true, Ordering::SeqCst);
+                        if ticker.idle() {
+                            let _ = ticker.wake.wait_timeout(guard, TICKER_IDLE_AFTER);
+                        }
+                        ticker.sleeping.store(false, Ordering::SeqCst);
+                    } else {
+                        std::thread::sleep(EPOCH_TICK);
+                    }
+                }
+            })
+            .expect("spawn epoch ticker thread");
+        t
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn idle(&self) -> bool {
+        self.now_ms()
+            .saturating_sub(self.last_call_ms.load(Ordering::SeqCst))
+            > TICKER_IDLE_AFTER.as_millis() as u64
+    }
+
+    /// Called as a plugin call starts: keeps the ticker ticking, waking it if it sleeps.
+    fn touch(&self) {
+        self.last_call_ms.store(self.now_ms(), Ordering::SeqCst);
+        if self.sleeping.load(Ordering::SeqCst) {
+            let _g = lock(&self.lock);
+            self.wake.notify_one();
+        }
+    }
 }
 
 struct Instance {
@@ -359,6 +418,7 @@ struct Instance {
 pub struct Plugin {
     pub spec: PluginSpec,
     engine: Engine,
+    ticker: Arc<Ticker>,
     pre: PolicyPre<PluginState>,
     idle: Mutex<Vec<Instance>>,
     shared: Arc<Shared>,
@@ -383,6 +443,8 @@ impl Plugin {
         &self,
         live: Option<Arc<dyn LiveState>>,
     ) -> Result<Instance, PluginFailure> {
+        // Instantiation runs guest code (start functions) under the deadline too.
+        self.ticker.touch();
         let state = PluginState::new(
             self.shared.clone(),
             self.config.clone(),
@@ -406,6 +468,7 @@ impl Plugin {
     }
 
     async fn take(&self, live: &Arc<dyn LiveState>) -> Result<Instance, PluginFailure> {
+        self.ticker.touch();
         let pooled = lock(&self.idle).pop();
         let mut inst = match pooled {
             Some(i) => i,

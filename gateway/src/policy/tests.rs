@@ -227,3 +227,26 @@ async fn a_file_that_is_not_a_component_is_refused() {
     let e = host.load(&s).unwrap_err().to_string();
     assert!(e.contains("cannot read"), "{e}");
 }
+
+#[tokio::test]
+async fn deadline_holds_after_the_ticker_went_idle() {
+    let host = PolicyHost::new().unwrap();
+    let p = host
+        .load(&spec(
+            "loop",
+            "hostile",
+            &[("mode", "loop")],
+            OnError::FailClosed,
+        ))
+        .unwrap();
+    // Longer than TICKER_IDLE_AFTER: the ticker is asleep when the next call starts.
+    tokio::time::sleep(TICKER_IDLE_AFTER + Duration::from_millis(300)).await;
+    let t = Instant::now();
+    let f = p.on_request(&request(&[]), &live(0)).await.unwrap_err();
+    assert_eq!(f.kind, FailureKind::Deadline);
+    assert!(
+        t.elapsed() < Duration::from_millis(300),
+        "deadline enforced late: {:?}",
+        t.elapsed()
+    );
+}
