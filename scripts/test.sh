@@ -21,6 +21,11 @@ echo "== deps";   if cargo tree --workspace --target all -i ring 2>/dev/null | g
 fi
 echo "== clippy"; cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== build";  cargo build --workspace --locked
+# Cargo.lock lists ring only because rustls-webpki's `alloc` feature names the weak dependency
+# `ring?/alloc` (cargo locks optional deps named that way); it must never be compiled.
+if ls "${CARGO_TARGET_DIR:-target}"/debug/deps | grep -q '^libring-'; then
+    echo "ring was compiled; rustls must use aws-lc-rs only"; exit 1
+fi
 echo "== test";   cargo test --workspace --locked -- --test-threads="${FNGATE_TEST_THREADS:-4}"
 echo "== plugin tests (native)"
 (cd plugins && CARGO_TARGET_DIR="$PWD/target" cargo test --locked --target "$(rustc -vV | sed -n 's/^host: //p')" --workspace)

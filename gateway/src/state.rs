@@ -38,19 +38,13 @@ impl Runtime {
 impl LiveState for Runtime {
     fn function_load(&self, function: &str) -> Option<FunctionLoad> {
         let (i, f) = self.function(function)?;
-        let st = f.snapshot();
-        let concurrency = self.config.functions[i].instance_concurrency;
-        let provisioned = st
-            .instances
-            .iter()
-            .filter(|i| i.kind == crate::scheduler::InstanceKind::Provisioned)
-            .count() as u32;
+        let (provisioned, on_demand, busy, queued) = f.load();
         Some(FunctionLoad {
             provisioned_instances: provisioned,
-            on_demand_instances: st.instances.len() as u32 - provisioned,
-            busy_slots: st.in_flight,
-            total_slots: st.instances.len() as u32 * concurrency,
-            queue_depth: st.queued as u32,
+            on_demand_instances: on_demand,
+            busy_slots: busy,
+            total_slots: (provisioned + on_demand) * self.config.functions[i].instance_concurrency,
+            queue_depth: queued as u32,
             cold_starts_in_progress: 0,
         })
     }

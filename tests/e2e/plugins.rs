@@ -84,7 +84,7 @@ plugins = ["router"]
 }
 
 #[tokio::test]
-async fn tenant_policy_keys_priorities_and_rate_limits() {
+async fn tenant_policy_keys_and_rate_limits() {
     let a = Backend::start("a");
     let cfg = format!(
         r#"
@@ -504,4 +504,67 @@ plugins = ["router"]
     )
     .await;
     assert_eq!(routed(&gw).await, "b");
+}
+
+#[tokio::test]
+async fn plugin_priority_orders_the_queue() {
+    let a = Backend::start("a");
+    let cfg = format!(
+        r#"
+[[plugin]]
+name = "tenants"
+path = "{}"
+config = {{ keys = "hi=acme:10,lo=globex:0", burst = "100" }}
+
+[[service]]
+name = "demo"
+{}
+[[trigger]]
+name = "api"
+kind = "http"
+function = "demo/echo"
+path = "/api"
+plugins = ["tenants"]
+"#,
+        wasm("tenant_policy").display(),
+        function(
+            "echo",
+            &a,
+            "instance_concurrency = 1\nmax_queued = 10\nmax_queue_wait = \"10s\""
+        ),
+    );
+    let gw = Gateway::start(&cfg);
+    let send = |key: &'static str, path: &'static str| {
+        let (tls, addr) = (gw.tls(), gw.public);
+        tokio::spawn(async move {
+            let auth = format!("Bearer {key}");
+            let r = tls
+                .connect(addr, false)
+                .await
+                .send(Method::GET, path, &[("authorization", &auth)], Bytes::new())
+                .await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+            Instant::now()
+        })
+    };
+    let queued = |n: u64| {
+        let gw = &gw;
+        async move { gw.admin_json("/admin/functions").await["functions"][0]["queued"] == n }
+    };
+    // The only slot is busy; low priority queues first, high priority second.
+    let holder = send("lo", "/api/hold?sleep_ms=600");
+    eventually("slot taken", Duration::from_secs(5), || async {
+        a.stats().await["in_flight"] == 1
+    })
+    .await;
+    let low = send("lo", "/api/low?sleep_ms=200");
+    eventually("low queued", Duration::from_secs(5), || queued(1)).await;
+    let high = send("hi", "/api/high?sleep_ms=200");
+    eventually("high queued", Duration::from_secs(5), || queued(2)).await;
+    holder.await.unwrap();
+    let (low_done, high_done) = (low.await.unwrap(), high.await.unwrap());
+    assert!(
+        high_done < low_done,
+        "the priority-10 tenant must run before the earlier priority-0 one"
+    );
 }

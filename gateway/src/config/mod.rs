@@ -201,6 +201,8 @@ pub struct HttpTriggerSpec {
     pub strip_prefix: bool,
     /// Indexes into `Config::plugins`, applied in order.
     pub plugins: Vec<usize>,
+    /// The largest `body_prefix` of those plugins: body bytes read before the chain runs.
+    pub body_prefix: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -860,6 +860,11 @@ fn compile_trigger(
         methods,
         auth,
         strip_prefix: t.strip_prefix.unwrap_or(true),
+        body_prefix: plugins
+            .iter()
+            .map(|&i| known_plugins[i].body_prefix)
+            .max()
+            .unwrap_or(0),
         plugins,
     })
 }

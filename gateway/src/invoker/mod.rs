@@ -121,12 +121,7 @@ async fn invoke(
     let mut header_changes: Vec<RouteChange> = Vec::new();
     let mut replay = std::collections::VecDeque::new();
     if !trigger.plugins.is_empty() {
-        let want_prefix = trigger
-            .plugins
-            .iter()
-            .map(|&i| rt.config.plugins[i].body_prefix)
-            .max()
-            .unwrap_or(0);
+        let want_prefix = trigger.body_prefix;
         let prefix = if want_prefix > 0 {
             let deadline = deadline_base + rt.config.functions[fidx].timeout;
             let (prefix, frames) = read_prefix(&mut body, want_prefix, deadline).await?;
@@ -162,89 +157,74 @@ async fn invoke(
         let live: Arc<dyn LiveState> = rt.clone();
         for &pi in &trigger.plugins {
             let plugin = &rt.plugins[pi];
-            let outcome = plugin.on_request(&wreq, &live).await.and_then(|d| match d {
-                Decision::Proceed(change) => match &change.function {
-                    Some(f) => match rt.function(f) {
-                        Some((i, _)) => Ok(Decision::Proceed(change)).map(|d| (d, Some(i))),
-                        None => Err(PluginFailure {
-                            plugin: plugin.name().to_string(),
-                            kind: FailureKind::InvalidDecision,
-                            detail: format!(
-                                "routes to `{}`, which is not a configured function",
-                                f
-                            ),
-                            on_error: plugin.spec.on_error,
-                        }),
-                    },
-                    None => Ok((Decision::Proceed(change), None)),
-                },
-                reject => Ok((reject, None)),
-            });
-            match outcome {
-                Ok((Decision::Proceed(change), new_fn)) => {
-                    if let Some(i) = new_fn {
-                        fidx = i;
-                        record.function = Some(fidx);
-                    }
-                    if change.invocation == Some(Invocation::Async) {
-                        return Err(GatewayError::NotImplemented {
-                            what: format!("plugin `{}` chose an async invocation", plugin.name()),
-                        });
-                    }
-                    if let Some(p) = change.priority {
-                        priority = p;
-                    }
-                    if let Some(t) = &change.tenant {
-                        record.tenant = Some(t.clone());
-                    }
-                    if let Some(p) = &change.path {
-                        rest = std::borrow::Cow::Owned(p.clone());
-                    }
-                    wreq.apply(&change);
-                    header_changes.push(change);
-                }
-                Ok((
-                    Decision::Reject {
-                        status,
-                        headers,
-                        body,
-                    },
-                    _,
-                )) => {
+            let failure = match plugin.on_request(&wreq, &live).await {
+                Ok(Decision::Reject {
+                    status,
+                    headers,
+                    body,
+                }) => {
                     record.status = status.as_u16();
                     record.error = Some(format!("rejected by plugin `{}`", plugin.name()));
-                    let mut resp = Response::new(ResponseBody::full(body));
-                    *resp.status_mut() = status;
-                    let h = resp.headers_mut();
-                    h.insert(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("text/plain; charset=utf-8"),
-                    );
-                    for (n, v) in headers {
-                        h.insert(n, v);
-                    }
-                    h.insert(X_REQUEST_ID.clone(), record.request_id.header_value());
+                    let resp = plugin_rejection(status, headers, body, record.request_id);
                     record.finish();
                     return Ok(resp);
                 }
-                Err(failure) => match failure.on_error {
-                    crate::config::OnError::FailOpen => {
-                        tracing::warn!(
-                            request_id = record.request_id.as_str(),
-                            "{failure}; failing open"
-                        );
+                Ok(Decision::Proceed(change)) => {
+                    // A route to a function this generation does not have is the plugin's fault.
+                    let target = match &change.function {
+                        None => Ok(fidx),
+                        Some(f) => rt.function(f).map(|(i, _)| i).ok_or_else(|| PluginFailure {
+                            plugin: plugin.name().to_string(),
+                            kind: FailureKind::InvalidDecision,
+                            detail: format!("routes to `{f}`, which is not a configured function"),
+                            on_error: plugin.spec.on_error,
+                        }),
+                    };
+                    match target {
+                        Ok(i) => {
+                            fidx = i;
+                            record.function = Some(fidx);
+                            if change.invocation == Some(Invocation::Async) {
+                                return Err(GatewayError::NotImplemented {
+                                    what: format!(
+                                        "plugin `{}` chose an async invocation",
+                                        plugin.name()
+                                    ),
+                                });
+                            }
+                            priority = change.priority.unwrap_or(priority);
+                            if let Some(t) = &change.tenant {
+                                record.tenant = Some(t.clone());
+                            }
+                            if let Some(p) = &change.path {
+                                rest = std::borrow::Cow::Owned(p.clone());
+                            }
+                            wreq.apply(&change);
+                            header_changes.push(change);
+                            continue;
+                        }
+                        Err(f) => f,
                     }
-                    crate::config::OnError::FailClosed => {
-                        tracing::warn!(
-                            request_id = record.request_id.as_str(),
-                            "{failure}; failing closed"
-                        );
-                        return Err(GatewayError::PluginFailed {
-                            plugin: failure.plugin,
-                            detail: failure.detail,
-                        });
-                    }
-                },
+                }
+                Err(f) => f,
+            };
+            match failure.on_error {
+                crate::config::OnError::FailOpen => {
+                    tracing::warn!(
+                        request_id = record.request_id.as_str(),
+                        "{failure}; failing open"
+                    );
+                }
+                crate::config::OnError::FailClosed => {
+                    tracing::warn!(
+                        request_id = record.request_id.as_str(),
+                        "{failure}; failing closed"
+                    );
+                    return Err(GatewayError::PluginFailed {
+                        plugin: failure.plugin,
+                        detail: failure.detail,
+                    });
+                }
             }
         }
     }
@@ -398,6 +378,27 @@ async fn invoke(
     ))
 }
 
+/// A plugin's rejection as the client sees it: the plugin's status, headers and body.
+fn plugin_rejection(
+    status: http::StatusCode,
+    headers: Vec<(http::HeaderName, HeaderValue)>,
+    body: String,
+    request_id: RequestId,
+) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::full(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    for (n, v) in headers {
+        h.insert(n, v);
+    }
+    h.insert(X_REQUEST_ID.clone(), request_id.header_value());
+    resp
+}
+
 /// The host the client asked for: the URI authority (HTTP/2, absolute-form) or the Host header.
 fn request_host(parts: &http::request::Parts) -> Option<HeaderValue> {
     match parts.uri.authority() {
@@ -513,7 +514,8 @@ impl Record {
         req: &Request<Incoming>,
         start: Instant,
     ) -> Self {
-        let mut r = Record::blank(request_id, start, conn.peer, req.version());
+        let bytes_in = Arc::new(AtomicU64::new(0));
+        let mut r = Record::blank(request_id, start, conn.peer, req.version(), bytes_in);
         r.rt = Some(rt);
         r.method = req.method().clone();
         r.uri = req.uri().clone();
@@ -522,10 +524,23 @@ impl Record {
 
     /// An inert copy left behind when the record moves into the response body.
     fn detached(&self) -> Self {
-        Record::blank(self.request_id, self.start, self.client, self.version)
+        // Shares the byte counter instead of allocating one: the copy is never logged.
+        Record::blank(
+            self.request_id,
+            self.start,
+            self.client,
+            self.version,
+            self.bytes_in.clone(),
+        )
     }
 
-    fn blank(request_id: RequestId, start: Instant, client: SocketAddr, version: Version) -> Self {
+    fn blank(
+        request_id: RequestId,
+        start: Instant,
+        client: SocketAddr,
+        version: Version,
+        bytes_in: Arc<AtomicU64>,
+    ) -> Self {
         Record {
             rt: None,
             request_id,
@@ -541,7 +556,7 @@ impl Record {
             upstream_start: None,
             upstream_headers: None,
             status: 0,
-            bytes_in: Arc::new(AtomicU64::new(0)),
+            bytes_in,
             bytes_out: 0,
             error: None,
             tenant: None,

@@ -29,13 +29,6 @@ pub trait LiveState: Send + Sync {
     fn function_load(&self, function: &str) -> Option<FunctionLoad>;
 }
 
-struct NoState;
-impl LiveState for NoState {
-    fn function_load(&self, _: &str) -> Option<FunctionLoad> {
-        None
-    }
-}
-
 /// Refuses memory growth past the plugin's cap and remembers that it did, so the failure that
 /// follows is reported as a memory failure rather than a generic trap.
 pub struct Limiter {
@@ -167,7 +160,9 @@ pub struct PluginState {
     pub limiter: Limiter,
     shared: Arc<Shared>,
     config: Arc<Vec<(String, String)>>,
-    live: Arc<dyn LiveState>,
+    /// Set for the duration of a call; `None` between calls so an idle instance does not keep an
+    /// old config generation alive.
+    live: Option<Arc<dyn LiveState>>,
 }
 
 impl PluginState {
@@ -194,17 +189,16 @@ impl PluginState {
             limiter,
             shared,
             config,
-            live: live.unwrap_or_else(|| Arc::new(NoState)),
+            live,
         }
     }
 
     pub fn begin_call(&mut self, live: Arc<dyn LiveState>) {
-        self.live = live;
+        self.live = Some(live);
     }
 
-    /// Drops the per-call view so an idle instance does not keep an old config generation alive.
     pub fn end_call(&mut self) {
-        self.live = Arc::new(NoState);
+        self.live = None;
     }
 }
 
@@ -297,6 +291,7 @@ impl host::Host for PluginState {
 
     fn function_state(&mut self, function: String) -> Option<host::FunctionLoad> {
         self.live
+            .as_ref()?
             .function_load(&function)
             .map(|l| host::FunctionLoad {
                 provisioned_instances: l.provisioned_instances,

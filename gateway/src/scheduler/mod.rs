@@ -275,7 +275,24 @@ impl FunctionRuntime {
         }
     }
 
-    /// A consistent picture for the admin API and plugins.
+    /// Counts for plugins routing by load, read without allocating: (provisioned instances,
+    /// on-demand instances, in flight, queued).
+    pub fn load(&self) -> (u32, u32, u32, usize) {
+        let g = self.lock();
+        let provisioned = g
+            .instances
+            .iter()
+            .filter(|i| i.kind == InstanceKind::Provisioned)
+            .count() as u32;
+        (
+            provisioned,
+            g.instances.len() as u32 - provisioned,
+            g.in_flight,
+            g.waiters.len(),
+        )
+    }
+
+    /// A consistent picture for the admin API.
     pub fn snapshot(&self) -> FunctionState {
         let g = self.lock();
         FunctionState {
