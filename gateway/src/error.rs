@@ -24,6 +24,20 @@ pub enum GatewayError {
     QueueFull { function: String, max_queued: usize },
     #[error("function {function} is at capacity: no instance slot freed within {waited_ms} ms")]
     QueueTimeout { function: String, waited_ms: u64 },
+    #[error("function {function} needs a {gpu_type} GPU slice and none freed up in time: {detail}")]
+    GpuCapacity {
+        function: String,
+        gpu_type: String,
+        detail: String,
+    },
+    #[error("function {function} cannot start an instance: {detail}")]
+    ColdStartFailed {
+        function: String,
+        detail: String,
+        retry_after: Duration,
+    },
+    #[error("instance {instance} of function {function} is not available")]
+    InstanceUnavailable { function: String, instance: String },
     #[error("policy plugin `{plugin}` failed: {detail}")]
     PluginFailed { plugin: String, detail: String },
     #[error("{what}: not supported by this build yet")]
@@ -61,8 +75,13 @@ impl GatewayError {
             Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             BadRequest(_) => StatusCode::BAD_REQUEST,
-            QueueFull { .. } | QueueTimeout { .. } => StatusCode::TOO_MANY_REQUESTS,
-            FunctionRetired { .. } | PluginFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            QueueFull { .. } | QueueTimeout { .. } | GpuCapacity { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            FunctionRetired { .. }
+            | PluginFailed { .. }
+            | ColdStartFailed { .. }
+            | InstanceUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
             UpstreamConnect { .. } | UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
             UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -80,6 +99,9 @@ impl GatewayError {
             BadRequest(_) => "bad_request",
             QueueFull { .. } => "queue_full",
             QueueTimeout { .. } => "queue_timeout",
+            GpuCapacity { .. } => "gpu_capacity",
+            ColdStartFailed { .. } => "cold_start_failed",
+            InstanceUnavailable { .. } => "instance_unavailable",
             FunctionRetired { .. } => "function_removed",
             PluginFailed { .. } => "plugin_failed",
             NotImplemented { .. } => "not_implemented",
@@ -96,15 +118,19 @@ impl GatewayError {
             self,
             GatewayError::QueueFull { .. }
                 | GatewayError::QueueTimeout { .. }
+                | GatewayError::GpuCapacity { .. }
+                | GatewayError::ColdStartFailed { .. }
+                | GatewayError::InstanceUnavailable { .. }
                 | GatewayError::UpstreamConnect { .. }
         )
     }
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            GatewayError::QueueFull { .. } | GatewayError::QueueTimeout { .. } => {
-                Some(Duration::from_secs(1))
-            }
+            GatewayError::QueueFull { .. }
+            | GatewayError::QueueTimeout { .. }
+            | GatewayError::GpuCapacity { .. } => Some(Duration::from_secs(1)),
+            GatewayError::ColdStartFailed { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }

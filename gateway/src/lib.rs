@@ -2,7 +2,8 @@
 //!
 //! Request path, one module per stage (see DESIGN.md):
 //! `listener` (TCP, TLS, HTTP) → `trigger` (route, auth) → `invoker` (admission, forwarding) →
-//! `scheduler` (instance slots, wait queue) → `backend` (pooled upstream client) → `telemetry`.
+//! `scheduler` (instance slots, wait queue, cold starts, GPU placement) → `backend` (pooled
+//! upstream client) → `telemetry`. `instances` runs the processes the scheduler asks for.
 //! `config` compiles the TOML file into the snapshot held by `state`; `admin` serves operators.
 
 pub mod admin;
@@ -10,6 +11,7 @@ pub mod backend;
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod instances;
 pub mod invoker;
 pub mod listener;
 pub mod policy;

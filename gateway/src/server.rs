@@ -19,6 +19,7 @@ const ADMIN_MAX_CONNECTIONS: usize = 256;
 const ADMIN_TOKEN_FILE: &str = "admin-token";
 const LISTENERS_FILE: &str = "listeners.json";
 const PLUGIN_WATCH_INTERVAL: Duration = Duration::from_secs(1);
+const INSTANCE_UPKEEP_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Runs the gateway until SIGTERM or SIGINT.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
@@ -128,6 +129,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tls::spawn_reloader(store, tls_files.clone(), s.tls_reload_interval);
     }
     spawn_plugin_watcher(gw.clone());
+    spawn_instance_upkeep(gw.clone());
 
     write_listeners(&s.data_dir, public_addr, plaintext_addr, admin_addr)?;
     gw.ready.store(true, Ordering::Relaxed);
@@ -160,8 +162,45 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     {
         tracing::warn!("grace period over; closing the remaining connections");
     }
+    // Requests are done: stop every instance fngate started, and wait until each is reaped.
+    let rt = gw.runtime();
+    for f in &rt.functions {
+        f.stop_all();
+    }
+    let longest_grace = rt
+        .config
+        .functions
+        .iter()
+        .filter_map(|f| match &f.backend {
+            config::BackendSpec::Process(p) => Some(p.stop_grace),
+            _ => None,
+        })
+        .max()
+        .unwrap_or_default();
+    gw.launcher
+        .shutdown(longest_grace + Duration::from_secs(2))
+        .await;
     let _ = std::fs::remove_file(s.data_dir.join(LISTENERS_FILE));
     Ok(())
+}
+
+/// Drives every function's periodic instance upkeep: scheduled and tracking rules, provisioned
+/// targets, idle reclaim, and starts that were waiting on capacity.
+fn spawn_instance_upkeep(gw: Arc<Gateway>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(INSTANCE_UPKEEP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = std::time::Instant::now();
+            let unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            for f in &gw.runtime().functions {
+                f.maintain(now, unix);
+            }
+        }
+    });
 }
 
 /// Reloads on a blocking thread: compiling a changed plugin takes milliseconds to seconds.

@@ -3,8 +3,9 @@
 
 use crate::backend::{self, UpstreamClient};
 use crate::config::{self, Config, ConfigError, Problem, ServerSettings};
+use crate::instances::ProcessLauncher;
 use crate::policy::{FunctionLoad, LiveState, Plugin, PolicyHost};
-use crate::scheduler::FunctionRuntime;
+use crate::scheduler::{FunctionRuntime, Node, gpu::GpuPool};
 use crate::telemetry::LogSink;
 use crate::trigger::Router;
 use arc_swap::ArcSwap;
@@ -38,14 +39,14 @@ impl Runtime {
 impl LiveState for Runtime {
     fn function_load(&self, function: &str) -> Option<FunctionLoad> {
         let (i, f) = self.function(function)?;
-        let (provisioned, on_demand, busy, queued) = f.load();
+        let (provisioned, on_demand, busy, queued, starting) = f.load();
         Some(FunctionLoad {
             provisioned_instances: provisioned,
             on_demand_instances: on_demand,
             busy_slots: busy,
             total_slots: (provisioned + on_demand) * self.config.functions[i].instance_concurrency,
             queue_depth: queued as u32,
-            cold_starts_in_progress: 0,
+            cold_starts_in_progress: starting,
         })
     }
 }
@@ -58,6 +59,9 @@ pub struct Gateway {
     pub admin_token: Vec<u8>,
     pub ready: AtomicBool,
     pub policy: Arc<PolicyHost>,
+    /// The GPU pool and process launcher every function's instances use; fixed at start-up.
+    pub node: Arc<Node>,
+    pub launcher: Arc<ProcessLauncher>,
     stdout_log: LogSink,
     generation: AtomicU64,
     reload_lock: std::sync::Mutex<()>,
@@ -84,7 +88,14 @@ impl Gateway {
     ) -> Result<Arc<Self>, ConfigError> {
         let stdout_log = LogSink::stdout();
         let config_path = config.file.clone();
-        let runtime = build_runtime(1, Arc::new(config), None, &stdout_log, &policy)?.0;
+        let node = Node::new(GpuPool::new(&config.gpus, config.gpu_cards_max));
+        let launcher = ProcessLauncher::new(if config.log_stdout {
+            stdout_log.clone()
+        } else {
+            LogSink::off()
+        });
+        node.set_launcher(launcher.clone());
+        let runtime = build_runtime(1, Arc::new(config), None, &stdout_log, &policy, &node)?.0;
         Ok(Arc::new(Gateway {
             current: ArcSwap::from_pointee(runtime),
             client: backend::client(),
@@ -93,6 +104,8 @@ impl Gateway {
             admin_token,
             ready: AtomicBool::new(false),
             policy,
+            node,
+            launcher,
             stdout_log,
             generation: AtomicU64::new(1),
             reload_lock: std::sync::Mutex::new(()),
@@ -116,7 +129,13 @@ impl Gateway {
     fn try_reload(&self) -> Result<ReloadReport, ConfigError> {
         let new = config::load(&self.config_path)?;
         let old = self.current.load_full();
-        let restart_required = server_changes(&old.config.server, &new.server);
+        let mut restart_required = server_changes(&old.config.server, &new.server);
+        if old.config.gpus != new.gpus {
+            restart_required.push("gpu".into());
+        }
+        if old.config.gpu_cards_max != new.gpu_cards_max {
+            restart_required.push("account.gpu_cards_max".into());
+        }
         let generation = self.generation.load(Ordering::Relaxed) + 1;
         let (runtime, mut report) = build_runtime(
             generation,
@@ -124,9 +143,11 @@ impl Gateway {
             Some(&old),
             &self.stdout_log,
             &self.policy,
+            &self.node,
         )?;
         self.generation.store(generation, Ordering::Relaxed);
         report.restart_required = restart_required;
+        self.launcher.set_log(runtime.log.clone());
         self.current.store(Arc::new(runtime));
         Ok(report)
     }
@@ -140,6 +161,7 @@ fn build_runtime(
     old: Option<&Runtime>,
     stdout_log: &LogSink,
     policy: &PolicyHost,
+    node: &Arc<Node>,
 ) -> Result<(Runtime, ReloadReport), ConfigError> {
     let mut plugins = Vec::with_capacity(config.plugins.len());
     let mut problems = Vec::new();
@@ -184,7 +206,7 @@ fn build_runtime(
             }
             None => {
                 report.functions_added.push(spec.id.clone());
-                functions.push(FunctionRuntime::new(spec.clone()));
+                functions.push(FunctionRuntime::new(spec.clone(), node.clone()));
             }
         }
     }

@@ -1,6 +1,7 @@
 //! Request routing, the fault-injection query parameters, and the `/stats` counters.
 
 use std::fmt;
+use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -16,6 +17,19 @@ use crate::model::{self, Generator};
 
 /// Largest `/bytes/N` answer.
 const MAX_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Environment variables `/env` always reports (as null when unset), besides every `DEMO_*` one.
+const ENV_REPORTED: [&str; 9] = [
+    "PORT",
+    "FNGATE_INSTANCE_ID",
+    "FNGATE_FUNCTION",
+    "FNGATE_INSTANCE_KIND",
+    "CUDA_VISIBLE_DEVICES",
+    "FNGATE_GPU_TYPE",
+    "FNGATE_GPU_MEMORY_GB",
+    "FNGATE_GPU_MEMORY_FRACTION",
+    "FNGATE_GPU_CARD_MEMORY_GB",
+];
 
 /// Largest `/generate` request body; the model reads it whole, so it must be bounded.
 const MAX_GENERATE_BODY: usize = 1024 * 1024;
@@ -37,6 +51,31 @@ pub struct State {
     pub id_header: HeaderValue,
     pub delay: Duration,
     pub stats: Stats,
+    pub readiness: Readiness,
+}
+
+/// Decides each `/health` answer, so tests can hold an instance unready or make it fail later.
+pub struct Readiness {
+    /// Checks answered healthy before readiness is lost for good; `None`: always healthy.
+    healthy_checks: Option<u64>,
+    checks: AtomicU64,
+}
+
+impl Readiness {
+    pub fn new(healthy_checks: Option<u64>) -> Self {
+        Self {
+            healthy_checks,
+            checks: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one check and says whether it passes.
+    fn check(&self) -> bool {
+        match self.healthy_checks {
+            None => true,
+            Some(limit) => self.checks.fetch_add(1, Ordering::Relaxed) < limit,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -99,7 +138,13 @@ pub async fn handle(
 ) -> Result<Response<Body>, Abort> {
     let path = req.uri().path();
     let (status, content_type, body) = match path {
-        "/health" => (StatusCode::OK, &TEXT, Body::from_static(b"ok")),
+        "/health" if state.readiness.check() => (StatusCode::OK, &TEXT, Body::from_static(b"ok")),
+        "/health" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            &JSON,
+            Body::from_static(br#"{"status":"unready"}"#),
+        ),
+        "/env" => (StatusCode::OK, &JSON, Body::full(process_env_json())),
         "/stats" => (StatusCode::OK, &JSON, Body::full(state.stats.to_json())),
         "/stats/reset" if req.method() == Method::POST => {
             state.stats.reset();
@@ -111,7 +156,7 @@ pub async fn handle(
     Ok(respond(state, status, content_type, body))
 }
 
-/// Everything except `/health` and `/stats`: counted in `/stats` and subject to the query knobs.
+/// Everything except `/health`, `/stats` and `/env`: counted in `/stats` and subject to the query knobs.
 async fn counted(state: &'static State, req: Request<Incoming>) -> Result<Response<Body>, Abort> {
     let guard = state.stats.enter();
     let params = match Params::parse(req.uri().query()) {
@@ -122,6 +167,9 @@ async fn counted(state: &'static State, req: Request<Incoming>) -> Result<Respon
             return Ok(respond(state, status, content_type, body));
         }
     };
+    if let Some(line) = &params.log {
+        log_line(line);
+    }
     if params.crash {
         std::process::exit(3);
     }
@@ -272,6 +320,56 @@ async fn collect(mut incoming: Incoming) -> Result<Option<Bytes>, Abort> {
     Ok(Some(Bytes::from(buf)))
 }
 
+/// `log=TEXT`: one line on each stream, flushed at once, so tests can check that the gateway
+/// captures an instance's stdout and stderr separately. Write errors are ignored: a closed pipe
+/// must not fail the request that asked for the line.
+fn log_line(line: &str) {
+    {
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+    }
+    let mut stderr = std::io::stderr().lock();
+    let _ = writeln!(stderr, "err: {line}").and_then(|()| stderr.flush());
+}
+
+/// `/env` for this process.
+fn process_env_json() -> Vec<u8> {
+    let vars = std::env::vars_os().map(|(k, v)| {
+        (
+            k.to_string_lossy().into_owned(),
+            v.to_string_lossy().into_owned(),
+        )
+    });
+    let cwd = std::env::current_dir()
+        .ok()
+        .map(|dir| dir.to_string_lossy().into_owned());
+    env_json(vars, std::process::id(), cwd)
+        .to_string()
+        .into_bytes()
+}
+
+/// What the instance was started with, as the gateway set it up: the fixed variables (null when
+/// unset), every `DEMO_*` variable, the pid and the working directory. The environment is
+/// passed in so tests need not touch the real one.
+fn env_json(
+    vars: impl IntoIterator<Item = (String, String)>,
+    pid: u32,
+    cwd: Option<String>,
+) -> serde_json::Value {
+    let mut object = serde_json::Map::new();
+    for name in ENV_REPORTED {
+        object.insert(name.to_owned(), serde_json::Value::Null);
+    }
+    for (name, value) in vars {
+        if ENV_REPORTED.contains(&name.as_str()) || name.starts_with("DEMO_") {
+            object.insert(name, value.into());
+        }
+    }
+    object.insert("pid".to_owned(), pid.into());
+    object.insert("cwd".to_owned(), cwd.into());
+    object.into()
+}
+
 async fn sleep_ms(ms: Option<u64>) {
     if let Some(ms) = ms.filter(|&ms| ms > 0) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -399,6 +497,8 @@ struct Params {
     sse: Option<u64>,
     interval: Option<Duration>,
     echo_body: bool,
+    /// Raw, as it appears in the query: no knob is percent-decoded.
+    log: Option<String>,
 }
 
 impl Params {
@@ -428,6 +528,7 @@ impl Params {
                 "sse" => params.sse = Some(number()?),
                 "interval_ms" => params.interval = Some(Duration::from_millis(number()?)),
                 "echo_body" => params.echo_body = flag(),
+                "log" => params.log = Some(value.to_owned()),
                 // Unknown parameters belong to whatever the caller is testing; ignore them.
                 _ => {}
             }
@@ -457,6 +558,57 @@ mod tests {
         assert!(Params::parse(Some("sleep_ms=abc")).is_err());
         assert!(Params::parse(Some("status=42")).is_err());
         assert!(Params::parse(Some("status=70000")).is_err());
+    }
+
+    #[test]
+    fn params_parse_log() {
+        assert_eq!(Params::parse(Some("x=1")).unwrap().log, None);
+        let p = Params::parse(Some("log=hello&sleep_ms=1")).unwrap();
+        assert_eq!(p.log.as_deref(), Some("hello"));
+        // Kept raw, like every other knob; only the first `=` splits.
+        let p = Params::parse(Some("log=a%20b=c")).unwrap();
+        assert_eq!(p.log.as_deref(), Some("a%20b=c"));
+        assert_eq!(Params::parse(Some("log")).unwrap().log.as_deref(), Some(""));
+        // The last one wins, as for the other knobs.
+        let p = Params::parse(Some("log=one&log=two")).unwrap();
+        assert_eq!(p.log.as_deref(), Some("two"));
+    }
+
+    #[test]
+    fn readiness_counts_checks() {
+        let always = Readiness::new(None);
+        assert!((0..5).all(|_| always.check()));
+        let never = Readiness::new(Some(0));
+        assert!(!never.check() && !never.check());
+        let two = Readiness::new(Some(2));
+        let answers: Vec<bool> = (0..4).map(|_| two.check()).collect();
+        assert_eq!(answers, [true, true, false, false]);
+    }
+
+    #[test]
+    fn env_json_reports_fixed_and_demo_vars() {
+        let vars = [
+            ("PORT", "8080"),
+            ("CUDA_VISIBLE_DEVICES", "0,1"),
+            ("DEMO_MODEL", "tiny"),
+            ("DEMO_", ""),
+            ("HOME", "/root"),
+            ("XDEMO_NO", "1"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let json = env_json(vars, 42, Some("/srv/fn".into()));
+        let object = json.as_object().unwrap();
+        assert_eq!(json["PORT"], "8080");
+        assert_eq!(json["CUDA_VISIBLE_DEVICES"], "0,1");
+        assert_eq!(json["DEMO_MODEL"], "tiny");
+        assert_eq!(json["DEMO_"], "");
+        assert!(json["FNGATE_INSTANCE_ID"].is_null());
+        assert!(json["FNGATE_GPU_CARD_MEMORY_GB"].is_null());
+        assert_eq!(json["pid"], 42);
+        assert_eq!(json["cwd"], "/srv/fn");
+        assert!(!object.contains_key("HOME") && !object.contains_key("XDEMO_NO"));
+        assert_eq!(object.len(), ENV_REPORTED.len() + 4);
+        assert!(env_json([], 1, None)["cwd"].is_null());
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod model;
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::num::NonZeroU8;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -15,24 +16,35 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
-use crate::handlers::{State, Stats};
+use crate::handlers::{Readiness, State, Stats};
 
 const USAGE: &str = "\
 usage: demo-backend [--listen ADDR] [--id NAME] [--delay-ms N] [--threads N]
+                    [--startup-delay-ms N] [--fail-start CODE]
+                    [--unready | --unready-after N] [--ignore-sigterm]
 
 Sample function backend for the fngate demo, tests and benchmarks.
 
-  --listen ADDR    address to bind (default 127.0.0.1:$PORT, or 127.0.0.1:9001 without PORT)
-  --id NAME        instance name in responses (default $FNGATE_INSTANCE_ID, or \"demo\")
-  --delay-ms N     latency added to every request except /health and /stats (default 0)
-  --threads N      tokio worker threads (default 1)
-  -h, --help       print this help
+  --listen ADDR           address to bind (default 127.0.0.1:$PORT, or 127.0.0.1:9001 without PORT)
+  --id NAME               instance name in responses (default $FNGATE_INSTANCE_ID, or \"demo\")
+  --delay-ms N            latency added to every request except /health, /stats and /env (default 0)
+  --threads N             tokio worker threads (default 1)
+  --startup-delay-ms N    sleep N ms before binding, like a slow model load; prints
+                          `starting (delay N ms)` to stderr first
+  --fail-start CODE       print `fatal: simulated start-up failure` to stderr and exit with CODE
+                          (1..=255) instead of binding (after --startup-delay-ms, if given)
+  --unready               GET /health always answers 503 {\"status\":\"unready\"}
+  --unready-after N       GET /health answers 200 to the first N checks, then 503 forever
+  --ignore-sigterm        SIGTERM only prints `ignoring SIGTERM` to stderr; without it SIGTERM
+                          prints `stopping on SIGTERM` to stderr and exits 0
+  -h, --help              print this help
 
 Prints `listening on ADDR` once bound. Endpoints: GET /health, GET /stats, POST /stats/reset,
-GET /bytes/N, POST /generate, anything else echoes the request as JSON. Query knobs on counted
-paths: sleep_ms, status, crash, reset, hang, sse (+interval_ms), echo_body.
+GET /env (selected environment variables, pid and cwd as JSON), GET /bytes/N, POST /generate,
+anything else echoes the request as JSON. Query knobs on counted paths: sleep_ms, status, crash,
+reset, hang, sse (+interval_ms), echo_body, log (writes TEXT to stdout and `err: TEXT` to stderr).
 ";
 
 #[derive(Debug, PartialEq)]
@@ -41,6 +53,12 @@ struct Config {
     id: String,
     delay: Duration,
     threads: usize,
+    /// `Some` only when the flag is given, so `starting (delay N ms)` is printed only then.
+    startup_delay: Option<Duration>,
+    fail_start: Option<NonZeroU8>,
+    /// Healthy `/health` checks before readiness is lost for good; `None`: always ready.
+    unready_after: Option<u64>,
+    ignore_sigterm: bool,
 }
 
 #[derive(Debug, PartialEq)]
@@ -58,6 +76,11 @@ fn parse_args(
     let mut id = None;
     let mut delay_ms = 0;
     let mut threads = 1;
+    let mut startup_delay = None;
+    let mut fail_start = None;
+    let mut unready = false;
+    let mut unready_after = None;
+    let mut ignore_sigterm = false;
 
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -99,9 +122,41 @@ fn parse_args(
                     _ => return Err(format!("--threads: expected a positive number, got {v:?}")),
                 };
             }
+            "--startup-delay-ms" => {
+                let v = value()?;
+                let ms = v
+                    .parse()
+                    .map_err(|_| format!("--startup-delay-ms: bad number {v:?}"))?;
+                startup_delay = Some(Duration::from_millis(ms));
+            }
+            "--fail-start" => {
+                let v = value()?;
+                // 0 would read as success to the gateway, defeating the point of the flag.
+                fail_start = Some(v.parse().map_err(|_| {
+                    format!("--fail-start: expected an exit code 1..=255, got {v:?}")
+                })?);
+            }
+            "--unready-after" => {
+                let v = value()?;
+                unready_after = Some(
+                    v.parse()
+                        .map_err(|_| format!("--unready-after: bad number {v:?}"))?,
+                );
+            }
+            // Switches take no value; `--unready=x` would otherwise be silently accepted.
+            "--unready" | "--ignore-sigterm" if inline.is_some() => {
+                return Err(format!("{flag} takes no value"));
+            }
+            "--unready" => unready = true,
+            "--ignore-sigterm" => ignore_sigterm = true,
             _ => return Err(format!("unknown argument {flag:?}")),
         }
     }
+    let unready_after = match (unready, unready_after) {
+        (true, Some(_)) => return Err("--unready and --unready-after exclude each other".into()),
+        (true, None) => Some(0),
+        (false, n) => n,
+    };
 
     let listen = match (listen, env("PORT")) {
         (Some(listen), _) => listen,
@@ -125,6 +180,10 @@ fn parse_args(
         id,
         delay: Duration::from_millis(delay_ms),
         threads,
+        startup_delay,
+        fail_start,
+        unready_after,
+        ignore_sigterm,
     }))
 }
 
@@ -156,7 +215,7 @@ fn main() -> ExitCode {
     // Connection tasks may be mid-stream or hanging on purpose; do not wait for them.
     runtime.shutdown_background();
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(message) => {
             eprintln!("demo-backend: {message}");
             ExitCode::FAILURE
@@ -164,11 +223,24 @@ fn main() -> ExitCode {
     }
 }
 
-/// Serves until SIGTERM or SIGINT.
-async fn serve(config: Config) -> Result<(), String> {
-    // Install handlers before announcing the port: a test may signal as soon as it reads it.
-    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
+/// Serves until SIGTERM (unless ignored) or SIGINT. The exit code is not 0 only for
+/// `--fail-start`.
+async fn serve(config: Config) -> Result<ExitCode, String> {
+    // Install handlers before announcing the port, and before the start-up delay: a test may
+    // signal as soon as it reads the port, and a gateway may stop an instance still starting.
+    let mut signals = Signals::install(config.ignore_sigterm)?;
+
+    if let Some(delay) = config.startup_delay {
+        say_err(&format!("starting (delay {} ms)", delay.as_millis()));
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = signals.stopped() => return Ok(ExitCode::SUCCESS),
+        }
+    }
+    if let Some(code) = config.fail_start {
+        say_err("fatal: simulated start-up failure");
+        return Ok(ExitCode::from(code.get()));
+    }
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -185,6 +257,7 @@ async fn serve(config: Config) -> Result<(), String> {
         id_header,
         delay: config.delay,
         stats: Stats::default(),
+        readiness: Readiness::new(config.unready_after),
     }));
 
     {
@@ -195,10 +268,55 @@ async fn serve(config: Config) -> Result<(), String> {
     }
 
     tokio::select! {
-        () = accept_loop(listener, state) => Ok(()),
-        _ = term.recv() => Ok(()),
-        _ = int.recv() => Ok(()),
+        () = accept_loop(listener, state) => {}
+        () = signals.stopped() => {}
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The stop signals, and whether SIGTERM is one of them.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    ignore_sigterm: bool,
+}
+
+impl Signals {
+    /// SIGTERM is caught even when ignored: left at its default it would kill the process, and
+    /// the point of `--ignore-sigterm` is to make the gateway escalate to SIGKILL.
+    fn install(ignore_sigterm: bool) -> Result<Self, String> {
+        Ok(Self {
+            term: signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?,
+            int: signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?,
+            ignore_sigterm,
+        })
+    }
+
+    /// Completes on the first signal that should stop the process.
+    async fn stopped(&mut self) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => {
+                    if !self.ignore_sigterm {
+                        say_err("stopping on SIGTERM");
+                        return;
+                    }
+                    say_err("ignoring SIGTERM");
+                }
+                _ = self.int.recv() => {
+                    say_err("stopping on SIGINT");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// One diagnostic line on stderr. Write errors are ignored: the reader (usually the gateway) may
+/// have gone away, and a lost diagnostic must not take the process down the way `eprintln!` would.
+fn say_err(line: &str) {
+    let mut stderr = std::io::stderr().lock();
+    let _ = writeln!(stderr, "{line}").and_then(|()| stderr.flush());
 }
 
 async fn accept_loop(listener: TcpListener, state: &'static State) {
@@ -254,6 +372,10 @@ mod tests {
         assert_eq!(c.id, "demo");
         assert_eq!(c.delay, Duration::ZERO);
         assert_eq!(c.threads, 1);
+        assert_eq!(c.startup_delay, None);
+        assert_eq!(c.fail_start, None);
+        assert_eq!(c.unready_after, None);
+        assert!(!c.ignore_sigterm);
     }
 
     #[test]
@@ -280,6 +402,11 @@ mod tests {
                 "--delay-ms",
                 "25",
                 "--threads=4",
+                "--startup-delay-ms=200",
+                "--fail-start",
+                "7",
+                "--unready-after=2",
+                "--ignore-sigterm",
             ],
             &[],
         );
@@ -290,8 +417,61 @@ mod tests {
                 id: "x".into(),
                 delay: Duration::from_millis(25),
                 threads: 4,
+                startup_delay: Some(Duration::from_millis(200)),
+                fail_start: NonZeroU8::new(7),
+                unready_after: Some(2),
+                ignore_sigterm: true,
             }
         );
+        let c = config(&["--startup-delay-ms", "0", "--fail-start=255"], &[]);
+        assert_eq!(c.startup_delay, Some(Duration::ZERO));
+        assert_eq!(c.fail_start, NonZeroU8::new(255));
+    }
+
+    #[test]
+    fn readiness_flags() {
+        assert_eq!(config(&["--unready"], &[]).unready_after, Some(0));
+        assert_eq!(
+            config(&["--unready-after", "3"], &[]).unready_after,
+            Some(3)
+        );
+        assert_eq!(config(&["--unready-after=0"], &[]).unready_after, Some(0));
+        assert!(parse(&["--unready", "--unready-after", "3"], &[]).is_err());
+        assert!(parse(&["--unready-after"], &[]).is_err());
+        assert!(parse(&["--unready-after", "-1"], &[]).is_err());
+        assert!(parse(&["--unready=1"], &[]).is_err());
+        assert!(parse(&["--ignore-sigterm=yes"], &[]).is_err());
+    }
+
+    #[test]
+    fn start_up_flag_errors() {
+        assert!(parse(&["--fail-start"], &[]).is_err());
+        assert!(parse(&["--fail-start", "0"], &[]).is_err());
+        assert!(parse(&["--fail-start", "256"], &[]).is_err());
+        assert!(parse(&["--fail-start", "x"], &[]).is_err());
+        assert!(parse(&["--startup-delay-ms"], &[]).is_err());
+        assert!(parse(&["--startup-delay-ms", "-5"], &[]).is_err());
+        assert!(parse(&["--startup-delay-ms", "1.5"], &[]).is_err());
+    }
+
+    #[test]
+    fn usage_mentions_every_flag() {
+        for flag in [
+            "--listen",
+            "--id",
+            "--delay-ms",
+            "--threads",
+            "--startup-delay-ms",
+            "--fail-start",
+            "--unready",
+            "--unready-after",
+            "--ignore-sigterm",
+            "--help",
+            "GET /env",
+            "log",
+        ] {
+            assert!(USAGE.contains(flag), "usage does not mention {flag}");
+        }
     }
 
     #[test]

@@ -20,11 +20,12 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let rid = telemetry::next_request_id();
-    let mut resp = if req.method() == Method::POST
-        && req.uri().path() == "/admin/reload"
-        && authorized(&gw, req.headers().get(header::AUTHORIZATION))
+    let authed = authorized(&gw, req.headers().get(header::AUTHORIZATION));
+    let mut resp = if authed && req.method() == Method::POST && req.uri().path() == "/admin/reload"
     {
         reload(gw.clone(), rid.as_str()).await
+    } else if let Some(id) = authed.then(|| provisioned_target_path(&req)).flatten() {
+        set_provisioned(&gw, &id, req, rid.as_str()).await
     } else {
         route(&gw, &req, rid.as_str())
     };
@@ -105,13 +106,38 @@ fn route(gw: &Gateway, req: &Request<Incoming>, rid: &str) -> Response<ResponseB
                 ),
             }
         }
-        (&Method::PUT, ["admin", "functions", _, _, "provisioned"]) => error_response(
-            StatusCode::NOT_IMPLEMENTED,
-            "not_implemented",
-            "provisioned instance targets arrive with on-demand and provisioned scaling; static endpoints are always provisioned",
-            rid,
-        ),
-        (_, ["metrics"] | ["admin", "functions"] | ["admin", "reload"]) => error_response(
+        (&Method::GET, ["admin", "gpus"]) => {
+            let pool = &gw.node.gpus;
+            let cards: Vec<_> = pool
+                .cards()
+                .into_iter()
+                .map(|c| {
+                    json!({
+                        "index": c.index,
+                        "type": c.gpu_type,
+                        "memory_gb": c.memory_gb,
+                        "allocated_gb": c.allocated_gb,
+                        "shares": c.shares,
+                    })
+                })
+                .collect();
+            json_response(
+                StatusCode::OK,
+                json!({
+                    "cards_in_use": pool.cards_in_use(),
+                    "cards_max": pool.cards_max(),
+                    "cards": cards,
+                }),
+            )
+        }
+        (
+            _,
+            ["metrics"]
+            | ["admin", "functions"]
+            | ["admin", "reload"]
+            | ["admin", "gpus"]
+            | ["admin", "functions", _, _, "provisioned"],
+        ) => error_response(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "method not allowed here",
@@ -123,6 +149,79 @@ fn route(gw: &Gateway, req: &Request<Incoming>, rid: &str) -> Response<ResponseB
             &format!("no admin route {path}"),
             rid,
         ),
+    }
+}
+
+/// `PUT /admin/functions/{service}/{function}/provisioned` → `service/function`.
+fn provisioned_target_path(req: &Request<Incoming>) -> Option<String> {
+    if req.method() != Method::PUT {
+        return None;
+    }
+    let segments: Vec<&str> = req.uri().path().trim_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["admin", "functions", svc, func, "provisioned"] => Some(format!("{svc}/{func}")),
+        _ => None,
+    }
+}
+
+/// Largest body the admin API reads (`{"target": N}` is a dozen bytes).
+const MAX_ADMIN_BODY: usize = 4096;
+
+/// Sets a function's provisioned-instance target at run time.
+async fn set_provisioned(
+    gw: &Gateway,
+    id: &str,
+    req: Request<Incoming>,
+    rid: &str,
+) -> Response<ResponseBody> {
+    use http_body_util::BodyExt;
+    let bad = |msg: &str| error_response(StatusCode::BAD_REQUEST, "bad_request", msg, rid);
+    let rt = gw.runtime();
+    let Some((_, f)) = rt.function(id) else {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no function {id}"),
+            rid,
+        );
+    };
+    let body = http_body_util::Limited::new(req.into_body(), MAX_ADMIN_BODY);
+    let bytes = match tokio::time::timeout(std::time::Duration::from_secs(10), body.collect()).await
+    {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) => return bad(&format!("cannot read the body: {e}")),
+        Err(_) => return bad("the body did not arrive within 10 s"),
+    };
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Target {
+        target: u32,
+    }
+    let target = match serde_json::from_slice::<Target>(&bytes) {
+        Ok(t) => t.target,
+        Err(e) => {
+            return bad(&format!("expected a JSON body like {{\"target\": 2}}: {e}"));
+        }
+    };
+    match f.set_provisioned_target(target) {
+        Ok(t) => {
+            tracing::info!(
+                function = id,
+                target = t,
+                "provisioned target set (admin API)"
+            );
+            let st = f.snapshot();
+            json_response(
+                StatusCode::OK,
+                json!({
+                    "function": id,
+                    "target": t,
+                    "provisioned_target": st.provisioned_target,
+                    "instances": st.instances,
+                }),
+            )
+        }
+        Err(msg) => error_response(StatusCode::CONFLICT, "invalid_target", &msg, rid),
     }
 }
 
@@ -173,6 +272,18 @@ fn function_json(
         "max_queued": spec.max_queued,
         "max_queue_wait_ms": spec.max_queue_wait.as_millis() as u64,
         "max_body": spec.max_body,
+        "backend": match &spec.backend {
+            crate::config::BackendSpec::Static { .. } => "static",
+            crate::config::BackendSpec::Process(_) => "process",
+        },
+        "gpu": spec.gpu.as_ref().map(|g| json!({"type": g.gpu_type, "memory_gb": g.memory_gb})),
+        "max_instances": st.max_instances,
+        "idle_timeout_ms": spec.scaling.idle_timeout.as_millis() as u64,
+        "provisioned_target": st.provisioned_target,
+        "manual_target": st.manual_target,
+        "tracked_target": st.tracked_target,
+        "last_start_error": st.last_start_error,
+        "waiting_for_gpu": st.waiting_for_gpu,
         "in_flight": st.in_flight,
         "queued": st.queued,
         "instances": st.instances,

@@ -163,6 +163,7 @@ pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-h
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-fngate-request-id");
 pub static X_INSTANCE_ID: HeaderName = HeaderName::from_static("x-fngate-instance-id");
 pub static X_INSTANCE_KIND: HeaderName = HeaderName::from_static("x-fngate-instance-kind");
+pub static X_COLD_START: HeaderName = HeaderName::from_static("x-fngate-cold-start");
 
 /// Appends the client address to `x-forwarded-for` and sets proto and host.
 pub fn add_forwarded(

@@ -44,6 +44,20 @@ pub const DEFAULT_PLUGIN_MEMORY: u64 = 16 * 1024 * 1024;
 pub const MAX_PLUGIN_MEMORY: u64 = 256 * 1024 * 1024;
 pub const MAX_PLUGIN_BODY_PREFIX: usize = 64 * 1024;
 pub const MAX_PLUGINS_PER_TRIGGER: usize = 8;
+pub const DEFAULT_GPU_CARDS_MAX: u32 = 10;
+pub const DEFAULT_MAX_INSTANCES: u32 = 10;
+pub const MAX_MAX_INSTANCES: u32 = 1_000;
+pub const DEFAULT_IDLE_TIMEOUT_INSTANCE: Duration = Duration::from_secs(300);
+pub const DEFAULT_PORT_ENV: &str = "PORT";
+pub const DEFAULT_READINESS_PATH: &str = "/health";
+pub const DEFAULT_READINESS_INTERVAL: Duration = Duration::from_secs(1);
+pub const DEFAULT_READINESS_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_READINESS_FAILURES: u32 = 3;
+pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+pub const DEFAULT_TRACKING_WINDOW: Duration = Duration::from_secs(60);
+/// Environment variables an instance gets from fngate's own environment without asking.
+pub const BASE_ENV: &[&str] = &["PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR"];
 
 /// One problem found in a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -93,6 +107,10 @@ pub struct Config {
     pub triggers: Vec<HttpTriggerSpec>,
     pub plugins: Vec<PluginSpec>,
     pub log_stdout: bool,
+    /// The node's GPU pool, in config order (card indexes follow it).
+    pub gpus: Vec<crate::scheduler::gpu::CardType>,
+    /// The account's cap on physical GPU cards in use.
+    pub gpu_cards_max: u32,
 }
 
 /// A policy plugin as configured; loading and compiling happen in `crate::policy`.
@@ -162,7 +180,7 @@ impl fmt::Debug for Secret {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FunctionSpec {
     pub service: String,
     pub name: String,
@@ -174,11 +192,75 @@ pub struct FunctionSpec {
     pub max_queue_wait: Duration,
     pub max_body: u64,
     pub backend: BackendSpec,
+    /// A GPU slice each instance needs (process backends only).
+    pub gpu: Option<GpuRequest>,
+    pub scaling: ScalingSpec,
+}
+
+impl FunctionSpec {
+    /// Whether two specs start instances the same way: if not, a reload replaces the instances.
+    pub fn same_recipe(&self, other: &FunctionSpec) -> bool {
+        self.backend == other.backend && self.gpu == other.gpu
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendSpec {
+    /// Fixed upstream endpoints, each one an always-provisioned instance.
     Static { endpoints: Vec<Endpoint> },
+    /// A command fngate runs for each instance it starts.
+    Process(Arc<ProcessSpec>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessSpec {
+    pub command: Vec<String>,
+    /// Service env overlaid with the function's own, plus the inherited variables' values.
+    pub env: std::collections::BTreeMap<String, String>,
+    pub port_env: String,
+    pub cwd: PathBuf,
+    pub readiness: Readiness,
+    pub startup_timeout: Duration,
+    pub stop_grace: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    pub path: String,
+    /// Health-probe period once the instance is ready (start-up probes are faster).
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive failed probes after which a ready instance is removed.
+    pub failure_threshold: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuRequest {
+    pub gpu_type: String,
+    pub memory_gb: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScalingSpec {
+    pub max_instances: u32,
+    /// Provisioned target from the file; the admin API and scheduled rules move it at run time.
+    pub provisioned: u32,
+    pub idle_timeout: Duration,
+    pub schedule: crate::scheduler::scaling::Schedule,
+    pub tracking: Option<crate::scheduler::scaling::TrackingRule>,
+}
+
+impl ScalingSpec {
+    /// Static endpoints: every endpoint is a provisioned instance and nothing scales.
+    pub fn fixed(instances: u32) -> ScalingSpec {
+        ScalingSpec {
+            max_instances: instances,
+            provisioned: instances,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT_INSTANCE,
+            schedule: Default::default(),
+            tracking: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

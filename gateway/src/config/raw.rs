@@ -12,9 +12,9 @@ use serde::Deserialize;
 pub struct RawConfig {
     #[serde(default)]
     pub server: RawServer,
-    pub account: Option<toml::Value>,
+    pub account: Option<RawAccount>,
     #[serde(default)]
-    pub gpu: Vec<toml::Value>,
+    pub gpu: Vec<RawGpuCards>,
     pub queue: Option<toml::Value>,
     #[serde(default)]
     pub service: Vec<RawService>,
@@ -78,15 +78,34 @@ pub enum SizeValue {
     Text(String),
 }
 
+/// The account the node's instances run under; only its GPU card cap exists.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccount {
+    pub gpu_cards_max: Option<u64>,
+}
+
+/// One `[[gpu]]` entry: `count` cards of one type.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGpuCards {
+    #[serde(rename = "type")]
+    pub type_: Option<String>,
+    pub memory_gb: Option<u64>,
+    pub count: Option<u64>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawService {
     pub name: Option<String>,
     #[serde(default)]
     pub function: Vec<RawFunction>,
-    /// Settings functions inherit (log sink, network, env) arrive with the capabilities that use them.
+    /// Per-service log sinks arrive with the observability work.
     pub log: Option<toml::Value>,
-    pub env: Option<toml::Value>,
+    /// Environment every process-backend instance of the service's functions gets (a function's
+    /// own `backend.env` wins on a clash).
+    pub env: Option<std::collections::BTreeMap<String, toml::Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,8 +118,8 @@ pub struct RawFunction {
     pub max_queue_wait: Option<String>,
     pub max_body: Option<SizeValue>,
     pub backend: Option<RawBackend>,
-    pub gpu: Option<toml::Value>,
-    pub scaling: Option<toml::Value>,
+    pub gpu: Option<RawGpuRequest>,
+    pub scaling: Option<RawScaling>,
     #[serde(rename = "async")]
     pub async_: Option<toml::Value>,
     pub cpu: Option<toml::Value>,
@@ -113,12 +132,60 @@ pub struct RawBackend {
     pub kind: Option<String>,
     #[serde(default)]
     pub endpoints: Vec<String>,
-    // Process backends (cold starts) are parsed so they can be refused by name, not by a serde error.
-    pub command: Option<toml::Value>,
-    pub env: Option<toml::Value>,
-    pub port_env: Option<toml::Value>,
-    pub readiness: Option<toml::Value>,
-    pub startup_timeout: Option<toml::Value>,
+    // Process backends: the command fngate runs for each instance.
+    pub command: Option<Vec<String>>,
+    pub env: Option<std::collections::BTreeMap<String, toml::Value>>,
+    /// Names of fngate's own environment variables passed through to instances.
+    pub inherit_env: Option<Vec<String>>,
+    pub port_env: Option<String>,
+    pub cwd: Option<String>,
+    pub readiness: Option<RawReadiness>,
+    pub startup_timeout: Option<String>,
+    pub stop_grace: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReadiness {
+    pub path: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub failure_threshold: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGpuRequest {
+    #[serde(rename = "type")]
+    pub type_: Option<String>,
+    pub memory_gb: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScaling {
+    pub max_instances: Option<u64>,
+    pub provisioned: Option<u64>,
+    pub idle_timeout: Option<String>,
+    #[serde(default)]
+    pub schedule: Vec<RawScheduledRule>,
+    pub target_tracking: Option<RawTracking>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScheduledRule {
+    pub at: Option<String>,
+    pub target: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTracking {
+    pub utilization: Option<f64>,
+    pub min: Option<u64>,
+    pub max: Option<u64>,
+    pub window: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

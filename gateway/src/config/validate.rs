@@ -230,16 +230,15 @@ pub(super) fn compile(
         env,
     };
 
+    let gpus = compile_gpus(&mut cx, &raw.gpu);
+    let gpu_cards_max = cx.count(
+        "account.gpu_cards_max".into(),
+        raw.account.as_ref().and_then(|a| a.gpu_cards_max),
+        DEFAULT_GPU_CARDS_MAX as u64,
+        0,
+        100_000,
+    ) as u32;
     // Capabilities that later releases implement: refused by name, never silently ignored.
-    if raw.account.is_some() {
-        cx.unsupported(
-            "account",
-            "GPU accounts and quotas arrive with GPU placement",
-        );
-    }
-    if !raw.gpu.is_empty() {
-        cx.unsupported("gpu", "GPU pools arrive with GPU placement");
-    }
     if raw.queue.is_some() {
         cx.unsupported("queue", "async invocations arrive with the durable queue");
     }
@@ -311,15 +310,18 @@ pub(super) fn compile(
         if svc.log.is_some() {
             cx.unsupported(format!("{sp}.log"), "per-service log sinks");
         }
-        if svc.env.is_some() {
-            cx.unsupported(
-                format!("{sp}.env"),
-                "service environment for process backends",
-            );
-        }
+        let service_env = match &svc.env {
+            Some(env) => compile_env(&mut cx, &format!("{sp}.env"), env),
+            None => Default::default(),
+        };
         for (fi, f) in svc.function.iter().enumerate() {
             let fp = format!("{sp}.function[{fi}]");
-            if let Some(spec) = compile_function(&mut cx, &fp, &sname, f) {
+            let sv = ServiceCtx {
+                name: &sname,
+                env: &service_env,
+                gpus: &gpus,
+            };
+            if let Some(spec) = compile_function(&mut cx, &fp, &sv, f) {
                 if by_id.contains_key(&spec.id) {
                     cx.err(
                         format!("{fp}.name"),
@@ -374,6 +376,8 @@ pub(super) fn compile(
             triggers,
             plugins,
             log_stdout,
+            gpus,
+            gpu_cards_max,
         })
     } else {
         Err(cx.problems)
@@ -487,12 +491,20 @@ fn compile_server(cx: &mut Ctx<'_>, s: &RawServer) -> Option<ServerSettings> {
     })
 }
 
+/// What a function inherits from its service and the node.
+struct ServiceCtx<'a> {
+    name: &'a str,
+    env: &'a std::collections::BTreeMap<String, String>,
+    gpus: &'a [crate::scheduler::gpu::CardType],
+}
+
 fn compile_function(
     cx: &mut Ctx<'_>,
     fp: &str,
-    service: &str,
+    sv: &ServiceCtx<'_>,
     f: &RawFunction,
 ) -> Option<FunctionSpec> {
+    let service = sv.name;
     let name = match &f.name {
         None => {
             cx.err(format!("{fp}.name"), "missing");
@@ -508,12 +520,6 @@ fn compile_function(
         Some(n) => n.clone(),
     };
     for (key, val, what) in [
-        ("gpu", f.gpu.is_some(), "GPU placement"),
-        (
-            "scaling",
-            f.scaling.is_some(),
-            "on-demand and provisioned scaling",
-        ),
         ("async", f.async_.is_some(), "async invocations"),
         (
             "cpu",
@@ -569,7 +575,38 @@ fn compile_function(
             cx.err(format!("{fp}.backend"), "missing; e.g. backend = { kind = \"static\", endpoints = [\"http://127.0.0.1:9001\"] }");
             None
         }
-        Some(b) => compile_backend(cx, &format!("{fp}.backend"), b),
+        Some(b) => compile_backend(cx, &format!("{fp}.backend"), b, sv.env),
+    };
+    let is_process = matches!(backend, Some(BackendSpec::Process(_)))
+        || f.backend.as_ref().and_then(|b| b.kind.as_deref()) == Some("process");
+    if is_process && max_queued == 0 {
+        cx.err(
+            format!("{fp}.max_queued"),
+            "a process backend needs max_queued of at least 1: requests wait in the queue for cold starts",
+        );
+    }
+    let gpu = f.gpu.as_ref().and_then(|g| {
+        let gp = format!("{fp}.gpu");
+        if backend.is_some() && !is_process {
+            cx.err(
+                gp.clone(),
+                "GPU placement needs a process backend (fngate cannot place a static endpoint)",
+            );
+        }
+        compile_gpu_request(cx, &gp, g, sv.gpus)
+    });
+    let scaling = match (&backend, &f.scaling) {
+        (Some(BackendSpec::Static { endpoints }), None) => {
+            ScalingSpec::fixed(endpoints.len() as u32)
+        }
+        (Some(BackendSpec::Static { endpoints }), Some(_)) => {
+            cx.err(
+                format!("{fp}.scaling"),
+                "static endpoints are always provisioned instances; scaling applies to process backends",
+            );
+            ScalingSpec::fixed(endpoints.len() as u32)
+        }
+        (_, raw) => compile_scaling(cx, &format!("{fp}.scaling"), raw.as_ref()),
     };
     Some(FunctionSpec {
         id: format!("{service}/{name}"),
@@ -581,34 +618,307 @@ fn compile_function(
         max_queue_wait,
         max_body,
         backend: backend?,
+        gpu,
+        scaling,
     })
 }
 
-fn compile_backend(cx: &mut Ctx<'_>, bp: &str, b: &RawBackend) -> Option<BackendSpec> {
-    match b.kind.as_deref() {
-        Some("static") => {}
-        Some("process") => {
-            cx.unsupported(format!("{bp}.kind"), "process backends with cold starts");
+fn compile_gpus(cx: &mut Ctx<'_>, raw: &[RawGpuCards]) -> Vec<crate::scheduler::gpu::CardType> {
+    let mut out: Vec<crate::scheduler::gpu::CardType> = Vec::new();
+    for (i, g) in raw.iter().enumerate() {
+        let gp = format!("gpu[{i}]");
+        let name = match &g.type_ {
+            Some(t)
+                if !t.is_empty()
+                    && t.len() <= 64
+                    && t.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+            {
+                t.clone()
+            }
+            Some(t) => {
+                cx.err(
+                    format!("{gp}.type"),
+                    format!("`{t}` is not a GPU type name (1-64 of letters, digits, `-`, `_`)"),
+                );
+                continue;
+            }
+            None => {
+                cx.err(format!("{gp}.type"), "missing, e.g. type = \"A10\"");
+                continue;
+            }
+        };
+        if out.iter().any(|c| c.name == name) {
+            cx.err(
+                format!("{gp}.type"),
+                format!("GPU type `{name}` is listed twice; give one entry with its count"),
+            );
+            continue;
+        }
+        if g.memory_gb.is_none() {
+            cx.err(format!("{gp}.memory_gb"), "missing: memory per card in GB");
+            continue;
+        }
+        let memory_gb = cx.count(format!("{gp}.memory_gb"), g.memory_gb, 0, 1, 4096) as u32;
+        let count = cx.count(format!("{gp}.count"), g.count, 1, 1, 1024) as u32;
+        out.push(crate::scheduler::gpu::CardType {
+            name,
+            memory_gb,
+            count,
+        });
+    }
+    out
+}
+
+fn compile_gpu_request(
+    cx: &mut Ctx<'_>,
+    gp: &str,
+    g: &RawGpuRequest,
+    gpus: &[crate::scheduler::gpu::CardType],
+) -> Option<GpuRequest> {
+    let Some(gpu_type) = &g.type_ else {
+        cx.err(
+            format!("{gp}.type"),
+            "missing: the card type, as in a [[gpu]] entry",
+        );
+        return None;
+    };
+    let Some(card) = gpus.iter().find(|c| &c.name == gpu_type) else {
+        let known: Vec<&str> = gpus.iter().map(|c| c.name.as_str()).collect();
+        cx.err(
+            format!("{gp}.type"),
+            if known.is_empty() {
+                format!("no [[gpu]] pool is configured, so `{gpu_type}` cannot be placed")
+            } else {
+                format!("`{gpu_type}` is not in the GPU pool ({})", known.join(", "))
+            },
+        );
+        return None;
+    };
+    let memory_gb = match g.memory_gb {
+        None => {
+            cx.err(
+                format!("{gp}.memory_gb"),
+                "missing: GPU memory per instance in GB",
+            );
             return None;
         }
+        Some(0) => {
+            cx.err(format!("{gp}.memory_gb"), "must be at least 1");
+            return None;
+        }
+        Some(m) if m > card.memory_gb as u64 => {
+            cx.err(
+                format!("{gp}.memory_gb"),
+                format!("{m} exceeds {} cards ({} GB)", card.name, card.memory_gb),
+            );
+            return None;
+        }
+        Some(m) => m as u32,
+    };
+    Some(GpuRequest {
+        gpu_type: gpu_type.clone(),
+        memory_gb,
+    })
+}
+
+fn compile_scaling(cx: &mut Ctx<'_>, sp: &str, raw: Option<&RawScaling>) -> ScalingSpec {
+    use crate::scheduler::scaling::{Schedule, ScheduledRule, TimeOfDay, TrackingRule};
+    let empty = RawScaling::default();
+    let r = raw.unwrap_or(&empty);
+    let max_instances = cx.count(
+        format!("{sp}.max_instances"),
+        r.max_instances,
+        DEFAULT_MAX_INSTANCES as u64,
+        1,
+        MAX_MAX_INSTANCES as u64,
+    ) as u32;
+    let provisioned = cx.count(
+        format!("{sp}.provisioned"),
+        r.provisioned,
+        0,
+        0,
+        max_instances as u64,
+    ) as u32;
+    let idle_timeout = cx.duration(
+        format!("{sp}.idle_timeout"),
+        &r.idle_timeout,
+        DEFAULT_IDLE_TIMEOUT_INSTANCE,
+        Duration::from_secs(7 * 24 * 3600),
+    );
+    let mut rules = Vec::new();
+    for (i, rule) in r.schedule.iter().enumerate() {
+        let rp = format!("{sp}.schedule[{i}]");
+        let at = match rule.at.as_deref().map(TimeOfDay::parse) {
+            None => {
+                cx.err(
+                    format!("{rp}.at"),
+                    "missing: a UTC time of day like \"08:30\"",
+                );
+                continue;
+            }
+            Some(Err(m)) => {
+                cx.err(format!("{rp}.at"), m);
+                continue;
+            }
+            Some(Ok(t)) => t,
+        };
+        if rule.target.is_none() {
+            cx.err(
+                format!("{rp}.target"),
+                "missing: the provisioned instance count from this time on",
+            );
+            continue;
+        }
+        let target = cx.count(
+            format!("{rp}.target"),
+            rule.target,
+            0,
+            0,
+            max_instances as u64,
+        ) as u32;
+        if rules.iter().any(|r: &ScheduledRule| r.at == at) {
+            cx.err(format!("{rp}.at"), format!("another rule is also at {at}"));
+            continue;
+        }
+        rules.push(ScheduledRule { at, target });
+    }
+    let tracking = r.target_tracking.as_ref().and_then(|t| {
+        let tp = format!("{sp}.target_tracking");
+        let utilization = match t.utilization {
+            Some(u) if u > 0.0 && u <= 1.0 => u,
+            Some(u) => {
+                cx.err(
+                    format!("{tp}.utilization"),
+                    format!("{u} is outside (0, 1]"),
+                );
+                return None;
+            }
+            None => {
+                cx.err(
+                    format!("{tp}.utilization"),
+                    "missing: the busy share of provisioned slots to keep, e.g. 0.6",
+                );
+                return None;
+            }
+        };
+        let min = cx.count(format!("{tp}.min"), t.min, 0, 0, max_instances as u64) as u32;
+        let max = cx.count(
+            format!("{tp}.max"),
+            t.max,
+            max_instances as u64,
+            0,
+            max_instances as u64,
+        ) as u32;
+        if min > max {
+            cx.err(format!("{tp}.min"), format!("{min} is above max ({max})"));
+        }
+        let window = cx.duration(
+            format!("{tp}.window"),
+            &t.window,
+            DEFAULT_TRACKING_WINDOW,
+            Duration::from_secs(3600),
+        );
+        Some(TrackingRule {
+            utilization,
+            min,
+            max,
+            window,
+        })
+    });
+    ScalingSpec {
+        max_instances,
+        provisioned,
+        idle_timeout,
+        schedule: Schedule::new(rules),
+        tracking,
+    }
+}
+
+fn valid_env_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 128
+        && !n.as_bytes()[0].is_ascii_digit()
+        && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// An environment table: names checked, values strings (numbers and booleans are written out).
+fn compile_env(
+    cx: &mut Ctx<'_>,
+    ep: &str,
+    env: &std::collections::BTreeMap<String, toml::Value>,
+) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for (k, v) in env {
+        if !valid_env_name(k) {
+            cx.err(
+                format!("{ep}.{k}"),
+                "not an environment variable name (letters, digits, `_`)",
+            );
+            continue;
+        }
+        if k.starts_with("FNGATE_") || k == "CUDA_VISIBLE_DEVICES" {
+            cx.err(
+                format!("{ep}.{k}"),
+                "set by fngate for each instance; remove it",
+            );
+            continue;
+        }
+        let text = match v {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                cx.err(
+                    format!("{ep}.{k}"),
+                    format!("`{other}`: a string, number or boolean"),
+                );
+                continue;
+            }
+        };
+        if text.contains('\0') {
+            cx.err(format!("{ep}.{k}"), "contains a NUL byte");
+            continue;
+        }
+        out.insert(k.clone(), text);
+    }
+    out
+}
+
+fn compile_backend(
+    cx: &mut Ctx<'_>,
+    bp: &str,
+    b: &RawBackend,
+    service_env: &std::collections::BTreeMap<String, String>,
+) -> Option<BackendSpec> {
+    match b.kind.as_deref() {
+        Some("static") => {}
+        Some("process") => return compile_process(cx, bp, b, service_env),
         Some(other) => {
             cx.err(
                 format!("{bp}.kind"),
-                format!("unknown backend kind `{other}`; expected \"static\""),
+                format!("unknown backend kind `{other}`; expected \"static\" or \"process\""),
             );
             return None;
         }
         None => {
-            cx.err(format!("{bp}.kind"), "missing; expected \"static\"");
+            cx.err(
+                format!("{bp}.kind"),
+                "missing; expected \"static\" or \"process\"",
+            );
             return None;
         }
     }
     for (key, present) in [
         ("command", b.command.is_some()),
         ("env", b.env.is_some()),
+        ("inherit_env", b.inherit_env.is_some()),
         ("port_env", b.port_env.is_some()),
+        ("cwd", b.cwd.is_some()),
         ("readiness", b.readiness.is_some()),
         ("startup_timeout", b.startup_timeout.is_some()),
+        ("stop_grace", b.stop_grace.is_some()),
     ] {
         if present {
             cx.err(format!("{bp}.{key}"), "only process backends take this key");
@@ -637,6 +947,152 @@ fn compile_backend(cx: &mut Ctx<'_>, bp: &str, b: &RawBackend) -> Option<Backend
         }
     }
     Some(BackendSpec::Static { endpoints })
+}
+
+fn compile_process(
+    cx: &mut Ctx<'_>,
+    bp: &str,
+    b: &RawBackend,
+    service_env: &std::collections::BTreeMap<String, String>,
+) -> Option<BackendSpec> {
+    if !b.endpoints.is_empty() {
+        cx.err(
+            format!("{bp}.endpoints"),
+            "a process backend starts its own instances; endpoints are for kind = \"static\"",
+        );
+    }
+    let cwd = match &b.cwd {
+        Some(d) => cx.file_path(d),
+        None => cx.base.to_path_buf(),
+    };
+    if !cwd.is_dir() {
+        cx.err(
+            format!("{bp}.cwd"),
+            format!("{} is not a directory", cwd.display()),
+        );
+    }
+    // Problems with the command are noted and checking goes on, so every problem is reported.
+    let mut command = match &b.command {
+        None => {
+            cx.err(
+                format!("{bp}.command"),
+                "missing, e.g. command = [\"python3\", \"app.py\"]",
+            );
+            Vec::new()
+        }
+        Some(c) if c.is_empty() || c[0].is_empty() => {
+            cx.err(
+                format!("{bp}.command"),
+                "empty; the first element is the program",
+            );
+            Vec::new()
+        }
+        Some(c) if c.iter().any(|a| a.contains('\0')) => {
+            cx.err(format!("{bp}.command"), "contains a NUL byte");
+            Vec::new()
+        }
+        Some(c) => c.clone(),
+    };
+    // A program given as a path is resolved now, against cwd, so where it runs from never
+    // depends on fngate's own working directory; a bare name is looked up in PATH at start.
+    if command.first().is_some_and(|c| c.contains('/')) {
+        let p = Path::new(&command[0]);
+        let full = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            cwd.join(p.strip_prefix("./").unwrap_or(p))
+        };
+        if !full.is_file() {
+            cx.err(
+                format!("{bp}.command[0]"),
+                format!("{} does not exist or is not a file", full.display()),
+            );
+        }
+        command[0] = full.to_string_lossy().into_owned();
+    }
+    let mut env = service_env.clone();
+    if let Some(own) = &b.env {
+        env.extend(compile_env(cx, &format!("{bp}.env"), own));
+    }
+    let port_env = b
+        .port_env
+        .clone()
+        .unwrap_or_else(|| DEFAULT_PORT_ENV.to_string());
+    if !valid_env_name(&port_env) || port_env.starts_with("FNGATE_") {
+        cx.err(
+            format!("{bp}.port_env"),
+            format!("`{port_env}` is not a usable environment variable name"),
+        );
+    }
+    for (i, name) in b.inherit_env.iter().flatten().enumerate() {
+        if !valid_env_name(name) {
+            cx.err(
+                format!("{bp}.inherit_env[{i}]"),
+                format!("`{name}` is not an environment variable name"),
+            );
+            continue;
+        }
+        // Unset variables are simply not passed: inheriting is "if fngate has it".
+        if let Some(v) = (cx.env)(name) {
+            env.entry(name.clone()).or_insert(v);
+        }
+    }
+    let r = b.readiness.as_ref();
+    let path = r
+        .and_then(|r| r.path.clone())
+        .unwrap_or_else(|| DEFAULT_READINESS_PATH.to_string());
+    if !path.starts_with('/') || path.bytes().any(|c| c <= b' ' || c == 0x7f) {
+        cx.err(
+            format!("{bp}.readiness.path"),
+            format!("`{path}` must be a path starting with `/`, without spaces"),
+        );
+    }
+    let readiness = Readiness {
+        path,
+        interval: cx.duration(
+            format!("{bp}.readiness.interval"),
+            &r.and_then(|r| r.interval.clone()),
+            DEFAULT_READINESS_INTERVAL,
+            Duration::from_secs(600),
+        ),
+        timeout: cx.duration(
+            format!("{bp}.readiness.timeout"),
+            &r.and_then(|r| r.timeout.clone()),
+            DEFAULT_READINESS_TIMEOUT,
+            Duration::from_secs(600),
+        ),
+        failure_threshold: cx.count(
+            format!("{bp}.readiness.failure_threshold"),
+            r.and_then(|r| r.failure_threshold),
+            DEFAULT_READINESS_FAILURES as u64,
+            1,
+            1000,
+        ) as u32,
+    };
+    let startup_timeout = cx.duration(
+        format!("{bp}.startup_timeout"),
+        &b.startup_timeout,
+        DEFAULT_STARTUP_TIMEOUT,
+        Duration::from_secs(3600),
+    );
+    let stop_grace = cx.duration(
+        format!("{bp}.stop_grace"),
+        &b.stop_grace,
+        DEFAULT_STOP_GRACE,
+        Duration::from_secs(600),
+    );
+    if command.is_empty() {
+        return None;
+    }
+    Some(BackendSpec::Process(Arc::new(ProcessSpec {
+        command,
+        env,
+        port_env,
+        cwd,
+        readiness,
+        startup_timeout,
+        stop_grace,
+    })))
 }
 
 fn parse_endpoint(e: &str) -> Result<http::uri::Authority, String> {
@@ -1067,7 +1523,7 @@ backend = { kind = "static", endpoints = ["ftp://x:1", "http://127.0.0.1"] }
 gpu = { type = "A10", memory_gb = 12 }
 [[service.function]]
 name = "b"
-backend = { kind = "process", command = ["python3"] }
+backend = { kind = "process", command = ["python3"], cwd = "/nonexistent-dir" }
 [[trigger]]
 name = "t"
 kind = "http"
@@ -1084,18 +1540,127 @@ function = "svc/a"
         let expect = [
             "server.listen: `nowhere` is not an address",
             "service[0].name: `Demo` is not a valid name",
-            "service[1].function[0].gpu: not supported by this build yet (GPU placement)",
+            "service[1].function[0].gpu: GPU placement needs a process backend",
+            "service[1].function[0].gpu.type: no [[gpu]] pool is configured, so `A10` cannot be placed",
             "service[1].function[0].instance_concurrency: 0 is outside 1..=10000",
             "service[1].function[0].timeout: `30` has no unit",
             "service[1].function[0].max_queue_wait: `5 parsecs`: unknown unit",
             "service[1].function[0].backend.endpoints[0]: `ftp://x:1`: only http:// endpoints",
             "service[1].function[0].backend.endpoints[1]: `http://127.0.0.1` needs an explicit port",
-            "service[1].function[1].backend.kind: not supported by this build yet (process backends",
+            "service[1].function[1].backend.cwd: /nonexistent-dir is not a directory",
             "trigger[0].function: no function `svc/missing`",
             "trigger[0].path: `no-slash` must start with `/`",
             "trigger[0].methods[0]: `FETCH!` is not an HTTP method",
             "trigger[0].auth: `\"password\"`: expected \"anonymous\"",
             "trigger[1].kind: not supported by this build yet (object-storage (oss) triggers)",
+        ];
+        for e in expect {
+            assert!(
+                p.iter().any(|x| x.starts_with(e)),
+                "missing {e:?} in\n{}",
+                p.join("\n")
+            );
+        }
+        assert_eq!(p.len(), expect.len(), "{}", p.join("\n"));
+    }
+
+    const PROCESS: &str = r#"
+[account]
+gpu_cards_max = 4
+[[gpu]]
+type = "A10"
+memory_gb = 24
+count = 2
+[[service]]
+name = "llm"
+env = { MODEL = "tiny", THREADS = 2 }
+[[service.function]]
+name = "gen"
+instance_concurrency = 4
+gpu = { type = "A10", memory_gb = 12 }
+scaling = { max_instances = 3, provisioned = 1, idle_timeout = "2m", schedule = [{ at = "20:00", target = 0 }, { at = "08:30", target = 2 }], target_tracking = { utilization = 0.5, min = 1, max = 3, window = "30s" } }
+backend = { kind = "process", command = ["python3", "-m", "app"], cwd = "/", env = { THREADS = "8" }, inherit_env = ["FROM_GATEWAY", "UNSET_ONE"], readiness = { path = "/ready", interval = "2s", failure_threshold = 5 }, startup_timeout = "3m" }
+"#;
+
+    #[test]
+    fn process_backend_gpu_and_scaling_compile() {
+        let c = compile_with_env(PROCESS, &[("FROM_GATEWAY", "yes")]).unwrap();
+        assert_eq!(c.gpu_cards_max, 4);
+        assert_eq!(c.gpus[0].count, 2);
+        let f = &c.functions[0];
+        let BackendSpec::Process(p) = &f.backend else {
+            panic!("not a process backend")
+        };
+        assert_eq!(p.command, ["python3", "-m", "app"]);
+        // The function's own env wins over the service's; inherited values come from fngate's.
+        assert_eq!(p.env["THREADS"], "8");
+        assert_eq!(p.env["MODEL"], "tiny");
+        assert_eq!(p.env["FROM_GATEWAY"], "yes");
+        assert!(!p.env.contains_key("UNSET_ONE"));
+        assert_eq!(p.port_env, "PORT");
+        assert_eq!(p.readiness.path, "/ready");
+        assert_eq!(p.readiness.interval, Duration::from_secs(2));
+        assert_eq!(p.readiness.timeout, DEFAULT_READINESS_TIMEOUT);
+        assert_eq!(p.readiness.failure_threshold, 5);
+        assert_eq!(p.startup_timeout, Duration::from_secs(180));
+        assert_eq!(f.gpu.as_ref().unwrap().memory_gb, 12);
+        assert_eq!(f.scaling.max_instances, 3);
+        assert_eq!(f.scaling.provisioned, 1);
+        assert_eq!(f.scaling.schedule.rules().len(), 2);
+        // Sorted by time of day.
+        assert_eq!(f.scaling.schedule.rules()[0].target, 2);
+        assert_eq!(f.scaling.tracking.unwrap().min, 1);
+    }
+
+    #[test]
+    fn process_backend_problems() {
+        let text = r#"
+[account]
+gpu_cards_max = 200000
+[[gpu]]
+type = "A10"
+memory_gb = 24
+[[gpu]]
+type = "A10"
+memory_gb = 24
+[[service]]
+name = "llm"
+[[service.function]]
+name = "big"
+gpu = { type = "A10", memory_gb = 30 }
+backend = { kind = "process", command = ["python3"], cwd = "/" }
+[[service.function]]
+name = "other"
+gpu = { type = "H100", memory_gb = 10 }
+max_queued = 0
+scaling = { max_instances = 2, provisioned = 3, schedule = [{ at = "25:00", target = 1 }, { at = "08:00", target = 9 }], target_tracking = { utilization = 1.5 } }
+backend = { kind = "process", command = [], cwd = "/", port_env = "FNGATE_PORT", env = { FNGATE_X = "1", "bad name" = "v" }, readiness = { path = "health" } }
+[[service.function]]
+name = "stat"
+scaling = { max_instances = 2 }
+backend = { kind = "static", endpoints = ["http://127.0.0.1:1"] }
+[[service.function]]
+name = "missing"
+backend = { kind = "process", command = ["./no/such/program"], cwd = "/" }
+"#;
+        let p = problems(text);
+        let expect = [
+            "account.gpu_cards_max: 200000 is outside 0..=100000",
+            "gpu[1].type: GPU type `A10` is listed twice",
+            "service[0].function[0].gpu.memory_gb: 30 exceeds A10 cards (24 GB)",
+            "service[0].function[1].max_queued: a process backend needs max_queued of at least 1",
+            "service[0].function[1].backend.command: empty",
+            "service[0].function[1].backend.env.FNGATE_X: set by fngate",
+            "service[0].function[1].backend.env.bad name: not an environment variable name",
+            "service[0].function[1].backend.port_env: `FNGATE_PORT` is not a usable",
+            "service[0].function[1].gpu.type: `H100` is not in the GPU pool (A10)",
+            "service[0].function[1].scaling.provisioned: 3 is outside 0..=2",
+            "service[0].function[1].scaling.schedule[0].at: `25:00` is not a time of day",
+            "service[0].function[1].scaling.schedule[1].target: 9 is outside 0..=2",
+            "service[0].function[1].scaling.target_tracking.utilization: 1.5 is outside (0, 1]",
+            "service[0].function[2].scaling: static endpoints are always provisioned",
+            "service[0].function[3].backend.command[0]: /no/such/program does not exist",
+            "service[0].function[1].backend.readiness.path: `health` must be a path starting with `/`",
         ];
         for e in expect {
             assert!(

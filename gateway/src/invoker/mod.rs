@@ -11,7 +11,8 @@
 //! gone to the client (or the client has gone away).
 
 use crate::backend::{
-    self, BodyLimitExceeded, UpstreamBody, X_INSTANCE_ID, X_INSTANCE_KIND, X_REQUEST_ID,
+    self, BodyLimitExceeded, UpstreamBody, X_COLD_START, X_INSTANCE_ID, X_INSTANCE_KIND,
+    X_REQUEST_ID,
 };
 use crate::body::{BoxError, ResponseBody};
 use crate::error::GatewayError;
@@ -260,6 +261,25 @@ async fn invoke(
                 waited_ms: waited.as_millis() as u64,
             });
         }
+        Err(ScheduleError::GpuCapacity { gpu_type, detail }) => {
+            function.metrics.rejected(Reject::GpuCapacity);
+            return Err(GatewayError::GpuCapacity {
+                function: spec.id.clone(),
+                gpu_type,
+                detail,
+            });
+        }
+        Err(ScheduleError::StartFailed {
+            detail,
+            retry_after,
+        }) => {
+            function.metrics.rejected(Reject::ColdStartFailed);
+            return Err(GatewayError::ColdStartFailed {
+                function: spec.id.clone(),
+                detail,
+                retry_after,
+            });
+        }
         Err(ScheduleError::Retired) => {
             return Err(GatewayError::FunctionRetired {
                 function: spec.id.clone(),
@@ -270,6 +290,15 @@ async fn invoke(
     record.queue_wait = queue_wait;
     let instance = slot.instance().clone();
     record.instance = Some(instance.clone());
+    let cold = slot.cold().then(|| instance.cold_start()).flatten();
+    record.cold_start = cold.map(|c| (queue_wait, c));
+    let Some(authority) = instance.authority().cloned() else {
+        // Only ready instances get slots, and they always have an address: a bug if reached.
+        return Err(GatewayError::InstanceUnavailable {
+            function: spec.id.clone(),
+            instance: instance.id.to_string(),
+        });
+    };
 
     // 5. Forwarding.
     let deadline = tokio::time::Instant::from_std(deadline_base) + spec.timeout;
@@ -280,7 +309,7 @@ async fn invoke(
         };
         Uri::builder()
             .scheme("http")
-            .authority(instance.authority.clone())
+            .authority(authority)
             .path_and_query(pq)
             .build()
             .map_err(|e| GatewayError::BadRequest(format!("cannot forward this path: {e}")))?
@@ -362,8 +391,14 @@ async fn invoke(
     }
     h.insert(
         X_INSTANCE_KIND.clone(),
-        HeaderValue::from_static(instance.kind.as_str()),
+        HeaderValue::from_static(instance.kind().as_str()),
     );
+    if cold.is_some() {
+        h.insert(
+            X_COLD_START.clone(),
+            HeaderValue::from(queue_wait.as_millis() as u64),
+        );
+    }
     record.status = parts.status.as_u16();
     let body = ProxyBody {
         inner: body,
@@ -504,6 +539,8 @@ pub struct Record {
     bytes_out: u64,
     error: Option<String>,
     tenant: Option<String>,
+    /// The request's wait and the instance's cold-start split, when it waited for a cold start.
+    cold_start: Option<(Duration, crate::scheduler::ColdStart)>,
 }
 
 impl Record {
@@ -560,6 +597,7 @@ impl Record {
             bytes_out: 0,
             error: None,
             tenant: None,
+            cold_start: None,
         }
     }
 
@@ -584,8 +622,10 @@ impl Record {
             trigger,
             function: fspec.map(|f| f.id.as_str()),
             instance_id: self.instance.as_ref().map(|i| &*i.id),
-            instance_kind: self.instance.as_ref().map(|i| i.kind.as_str()),
-            cold_start_ms: None,
+            instance_kind: self.instance.as_ref().map(|i| i.kind().as_str()),
+            cold_start_ms: self.cold_start.map(|(w, _)| ms(w)),
+            cold_start_spawn_ms: self.cold_start.map(|(_, c)| ms(c.spawn)),
+            cold_start_readiness_ms: self.cold_start.map(|(_, c)| ms(c.readiness)),
             queue_wait_ms: ms(self.queue_wait),
             upstream_ms: self.upstream_start.map(|s| ms(s.elapsed())),
             duration_ms: ms(elapsed),

@@ -20,8 +20,10 @@ pub struct InvocationLog<'a> {
     pub function: Option<&'a str>,
     pub instance_id: Option<&'a str>,
     pub instance_kind: Option<&'static str>,
-    /// Always null until on-demand instances exist; kept so log consumers see a stable shape.
+    /// Set when the request waited for a cold start: its wait, then the instance's split.
     pub cold_start_ms: Option<f64>,
+    pub cold_start_spawn_ms: Option<f64>,
+    pub cold_start_readiness_ms: Option<f64>,
     pub queue_wait_ms: f64,
     pub upstream_ms: Option<f64>,
     pub duration_ms: f64,
@@ -35,6 +37,17 @@ pub struct InvocationLog<'a> {
     pub error: Option<&'a str>,
     /// Tenant key from a policy plugin's decision.
     pub tenant: Option<&'a str>,
+}
+
+/// One line of an instance's stdout or stderr (process backends).
+#[derive(Debug, Serialize)]
+pub struct InstanceLog<'a> {
+    pub ts: String,
+    pub kind: &'static str,
+    pub function: &'a str,
+    pub instance_id: &'a str,
+    pub stream: &'static str,
+    pub line: &'a str,
 }
 
 /// Where invocation lines go.
@@ -59,7 +72,7 @@ impl LogSink {
         LogSink { tx: None }
     }
 
-    pub fn emit(&self, line: &InvocationLog<'_>) {
+    pub fn emit<T: Serialize>(&self, line: &T) {
         let Some(tx) = &self.tx else { return };
         let Ok(text) = serde_json::to_string(line) else {
             return;

@@ -6,7 +6,7 @@
 
 mod log;
 
-pub use log::{InvocationLog, LogSink};
+pub use log::{InstanceLog, InvocationLog, LogSink};
 
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -33,6 +33,12 @@ pub const PLUGIN_CALL_DURATION: &str = "fngate_plugin_call_duration_seconds";
 pub const PLUGIN_COUNTER: &str = "fngate_plugin_counter_total";
 pub const PLUGIN_HISTOGRAM: &str = "fngate_plugin_histogram";
 pub const PLUGIN_LOG_SAMPLED: &str = "fngate_plugin_log_lines_sampled_total";
+pub const INSTANCES: &str = "fngate_instances";
+pub const COLD_STARTS: &str = "fngate_cold_starts_total";
+pub const COLD_START_DURATION: &str = "fngate_cold_start_duration_seconds";
+pub const INSTANCE_EXITS: &str = "fngate_instance_exits_total";
+pub const PROVISIONED_TARGET: &str = "fngate_provisioned_target";
+pub const INSTANCE_LOG_LINES: &str = "fngate_instance_log_lines_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.00001, 0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -118,15 +124,21 @@ pub enum Reject {
     BodyTooLarge,
     Unauthorized,
     MethodNotAllowed,
+    /// Waited for GPU capacity that never came.
+    GpuCapacity,
+    /// The function's instances fail to start.
+    ColdStartFailed,
 }
 
 impl Reject {
-    const ALL: [Reject; 5] = [
+    const ALL: [Reject; 7] = [
         Reject::QueueFull,
         Reject::QueueTimeout,
         Reject::BodyTooLarge,
         Reject::Unauthorized,
         Reject::MethodNotAllowed,
+        Reject::GpuCapacity,
+        Reject::ColdStartFailed,
     ];
     fn label(self) -> &'static str {
         match self {
@@ -135,6 +147,8 @@ impl Reject {
             Reject::BodyTooLarge => "body_too_large",
             Reject::Unauthorized => "unauthorized",
             Reject::MethodNotAllowed => "method_not_allowed",
+            Reject::GpuCapacity => "gpu_capacity",
+            Reject::ColdStartFailed => "cold_start_failed",
         }
     }
 }
@@ -165,8 +179,25 @@ pub struct FunctionMetrics {
     pub queue_wait: Histogram,
     pub in_flight: Gauge,
     pub queue_depth: Gauge,
-    rejections: [Counter; 5],
+    rejections: [Counter; 7],
     upstream: [Counter; 3],
+    /// Indexed by `[kind][state]` as in `crate::scheduler` (provisioned, on-demand) ×
+    /// (starting, ready, draining, stopping).
+    pub instances: [[Gauge; 4]; 2],
+    /// ok, failed
+    cold_starts: [Counter; 2],
+    pub cold_start_duration: Histogram,
+    /// exited (unexpectedly), unhealthy, stopped (by fngate)
+    exits: [Counter; 3],
+    pub provisioned_target: Gauge,
+}
+
+/// Why an instance went away, a fixed set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceExit {
+    Exited = 0,
+    Unhealthy = 1,
+    Stopped = 2,
 }
 
 impl FunctionMetrics {
@@ -181,7 +212,26 @@ impl FunctionMetrics {
             rejections: Reject::ALL.map(|r| metrics::counter!(REJECTIONS, "function" => f.clone(), "reason" => r.label())),
             upstream: [UpstreamFailure::Connect, UpstreamFailure::Timeout, UpstreamFailure::Protocol]
                 .map(|u| metrics::counter!(UPSTREAM_ERRORS, "function" => f.clone(), "kind" => u.label())),
+            instances: ["provisioned", "on-demand"].map(|k| {
+                ["starting", "ready", "draining", "stopping"].map(|s| {
+                    metrics::gauge!(INSTANCES, "function" => f.clone(), "kind" => k, "state" => s)
+                })
+            }),
+            cold_starts: ["ok", "failed"]
+                .map(|r| metrics::counter!(COLD_STARTS, "function" => f.clone(), "result" => r)),
+            cold_start_duration: metrics::histogram!(COLD_START_DURATION, "function" => f.clone()),
+            exits: ["exited", "unhealthy", "stopped"]
+                .map(|r| metrics::counter!(INSTANCE_EXITS, "function" => f.clone(), "reason" => r)),
+            provisioned_target: metrics::gauge!(PROVISIONED_TARGET, "function" => f.clone()),
         }
+    }
+
+    pub fn cold_start(&self, ok: bool) {
+        self.cold_starts[usize::from(!ok)].increment(1);
+    }
+
+    pub fn instance_exit(&self, why: InstanceExit) {
+        self.exits[why as usize].increment(1);
     }
 
     pub fn finished(&self, status: u16, elapsed: Duration) {

@@ -1,0 +1,98 @@
+//! The readiness and health probe: one `GET path` over a fresh loopback connection, 2xx = healthy.
+//!
+//! Hand-written rather than the pooled client: a probe must not reuse a connection that a dying
+//! process left half-open, and it only needs the status line.
+
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Enough for any status line; the rest of the answer is ignored.
+const READ_LIMIT: usize = 512;
+
+pub async fn get(port: u16, path: &str, timeout: Duration) -> Result<(), String> {
+    match tokio::time::timeout(timeout, exchange(port, path)).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
+}
+
+async fn exchange(port: u16, path: &str) -> Result<(), String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = s.set_nodelay(true);
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: fngate-probe\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    let mut buf = [0u8; READ_LIMIT];
+    let mut n = 0;
+    // Read until the status line is complete (or the peer closes).
+    while n < buf.len() {
+        let m = s
+            .read(&mut buf[n..])
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        if m == 0 {
+            break;
+        }
+        n += m;
+        if buf[..n].contains(&b'\n') {
+            break;
+        }
+    }
+    parse_status(&buf[..n])
+}
+
+fn parse_status(head: &[u8]) -> Result<(), String> {
+    let line = head.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.trim_end().splitn(3, ' ');
+    let version = parts.next().unwrap_or("");
+    let code = parts.next().and_then(|c| c.parse::<u16>().ok());
+    match code {
+        _ if !version.starts_with("HTTP/1.") => Err(if head.is_empty() {
+            "connection closed without an answer".into()
+        } else {
+            format!(
+                "not an HTTP answer: {:?}",
+                line.chars().take(60).collect::<String>()
+            )
+        }),
+        Some(c) if (200..300).contains(&c) => Ok(()),
+        Some(c) => Err(format!("status {c}")),
+        None => Err(format!(
+            "bad status line {:?}",
+            line.chars().take(60).collect::<String>()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_status;
+
+    #[test]
+    fn status_lines() {
+        assert!(parse_status(b"HTTP/1.1 200 OK\r\n").is_ok());
+        assert!(parse_status(b"HTTP/1.0 204 No Content\r\n").is_ok());
+        assert_eq!(
+            parse_status(b"HTTP/1.1 503 Unavailable\r\n").unwrap_err(),
+            "status 503"
+        );
+        assert!(parse_status(b"").unwrap_err().contains("closed"));
+        assert!(
+            parse_status(b"SSH-2.0-OpenSSH\r\n")
+                .unwrap_err()
+                .contains("not an HTTP")
+        );
+        assert!(
+            parse_status(b"HTTP/1.1 abc\r\n")
+                .unwrap_err()
+                .contains("bad status")
+        );
+    }
+}
