@@ -3,6 +3,7 @@
 
 mod forwarding;
 mod harness;
+mod instances;
 mod operations;
 mod plugins;
 mod routing;

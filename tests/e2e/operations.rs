@@ -90,6 +90,9 @@ backend = { kind = "static", endpoints = ["http://127.0.0.1:9001"] }
     std::fs::write(
         &bad,
         r#"
+[[gpu]]
+type = "A10"
+memory_gb = 24
 [[service]]
 name = "demo"
 [[service.function]]
@@ -97,7 +100,7 @@ name = "echo"
 instance_concurrency = 0
 timeout = "30"
 backend = { kind = "static", endpoints = ["http://127.0.0.1"] }
-scaling = { max_instances = 4 }
+gpu = { type = "A10", memory_gb = 30 }
 [[trigger]]
 name = "t"
 kind = "http"
@@ -113,11 +116,12 @@ function = "demo/nope"
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     for needle in [
-        "5 problem(s)",
+        "6 problem(s)",
+        "service[0].function[0].gpu: GPU placement needs a process backend",
         "service[0].function[0].instance_concurrency: 0 is outside 1..=10000",
         "service[0].function[0].timeout: `30` has no unit",
         "service[0].function[0].backend.endpoints[0]: `http://127.0.0.1` needs an explicit port",
-        "service[0].function[0].scaling: not supported by this build yet",
+        "service[0].function[0].gpu.memory_gb: 30 exceeds A10 cards (24 GB)",
         "trigger[0].function: no function `demo/nope`",
     ] {
         assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
