@@ -11,6 +11,9 @@ bin=target/debug
 data=target/demo-data
 mkdir -p "$data"
 
+# demo/model's instances are started by fngate from PATH.
+export PATH="$PWD/$bin:$PATH"
+
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
@@ -31,7 +34,9 @@ fngate is running (invocation log: $data/invocations.log). Try:
   curl --cacert $data/tls/ca.pem -H 'x-variant: canary' https://localhost:8443/echo/hello   # routed by the plugin
   curl --cacert $data/tls/ca.pem https://localhost:8443/echo/generate -d '{"prompt":"the gateway","max_tokens":12}'
   curl -N --cacert $data/tls/ca.pem 'https://localhost:8443/echo/generate?interval_ms=100' -d '{"prompt":"stream","max_tokens":10,"stream":true}'
+  curl --cacert $data/tls/ca.pem -i https://localhost:8443/model/env        # cold start: x-fngate-cold-start, GPU slice env
   curl --cacert $data/tls/ca.pem -H "authorization: Bearer \$(cat $data/admin-token)" https://localhost:9443/admin/functions
+  curl --cacert $data/tls/ca.pem -H "authorization: Bearer \$(cat $data/admin-token)" https://localhost:9443/admin/functions/demo/model/instances
 
 Ctrl-C to stop.
 MSG
