@@ -29,4 +29,7 @@ fi
 echo "== test";   cargo test --workspace --locked -- --test-threads="${FNGATE_TEST_THREADS:-4}"
 echo "== plugin tests (native)"
 (cd plugins && CARGO_TARGET_DIR="$PWD/target" cargo test --locked --target "$(rustc -vV | sed -n 's/^host: //p')" --workspace)
+echo "== GPU model function, CPU smoke test (skipped with the reason when torch is missing)"
+if command -v python3 >/dev/null; then python3 examples/gpu-model/smoke_test.py
+else echo "SKIP: python3 is not installed"; fi
 echo "== all tests passed"

@@ -64,7 +64,9 @@ fn spec(i: usize) -> Arc<FunctionSpec> {
         backend: BackendSpec::Static {
             endpoints: (0..ENDPOINTS)
                 .map(|k| Endpoint {
-                    authority: format!("127.0.0.1:{}", base + k).parse().expect("authority"),
+                    authority: format!("127.0.0.1:{}", base + k)
+                        .parse()
+                        .expect("authority"),
                 })
                 .collect(),
         },
@@ -75,7 +77,11 @@ fn spec(i: usize) -> Arc<FunctionSpec> {
 
 fn build(n: usize) -> Arc<Vec<Arc<FunctionRuntime>>> {
     let node = Node::new(GpuPool::new(&[], 10));
-    Arc::new((0..n).map(|i| FunctionRuntime::new(spec(i), node.clone())).collect())
+    Arc::new(
+        (0..n)
+            .map(|i| FunctionRuntime::new(spec(i), node.clone()))
+            .collect(),
+    )
 }
 
 /// One decision: take a slot on function `f` and free it at once.

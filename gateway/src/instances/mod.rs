@@ -478,3 +478,54 @@ fn describe(s: ExitStatus) -> String {
         _ => s.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn lines_of(input: &[u8]) -> Vec<String> {
+        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        capture(
+            input,
+            "stdout",
+            "s/f".into(),
+            "s-f-1".into(),
+            Arc::new(LogSink::off()),
+            tail.clone(),
+        )
+        .await;
+        let t = tail.lock().unwrap();
+        t.iter().cloned().collect()
+    }
+
+    #[tokio::test]
+    async fn output_is_split_into_bounded_lines() {
+        assert_eq!(
+            lines_of(b"one\r\ntwo\n\nthree").await,
+            ["one", "two", "", "three"]
+        );
+        assert!(lines_of(b"").await.is_empty());
+        // A line without a newline is cut at MAX_LINE; the rest of it is dropped, not buffered.
+        let mut long = vec![b'x'; MAX_LINE * 3];
+        long.extend_from_slice(b"\nafter\n");
+        let got = lines_of(&long).await;
+        assert_eq!(got.len(), 2);
+        assert!(got[0].ends_with("…[truncated]"));
+        assert_eq!(got[0].len(), MAX_LINE + " …[truncated]".len());
+        assert_eq!(got[1], "after");
+        // Invalid UTF-8 is replaced, never fatal.
+        assert_eq!(lines_of(b"a\xffb\n").await, ["a\u{fffd}b"]);
+        // Only the last TAIL_LINES are kept for error messages.
+        let many: String = (0..20).map(|i| format!("l{i}\n")).collect();
+        let got = lines_of(many.as_bytes()).await;
+        assert_eq!(got.len(), TAIL_LINES);
+        assert_eq!(got.last().unwrap(), "l19");
+    }
+
+    #[test]
+    fn exit_statuses_are_described() {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(describe(ExitStatus::from_raw(7 << 8)), "status 7");
+        assert_eq!(describe(ExitStatus::from_raw(9)), "signal 9");
+    }
+}
