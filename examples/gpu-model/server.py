@@ -33,6 +33,8 @@ import time
 
 # Taken before importing torch so /stats can split the cold start into import and model load.
 PROCESS_START = time.monotonic()
+PROCESS_START_BOOT = time.clock_gettime(time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") \
+    else None
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
@@ -718,6 +720,24 @@ def memory_fraction():
     return fraction
 
 
+def interpreter_start_s():
+    """Seconds from this process's creation (fork, then exec) to the first line of this script:
+    the interpreter's own start, before the timers above begin. From /proc/self/stat, whose start
+    time counts clock ticks since boot (10 ms on most kernels); None where that is unavailable."""
+    try:
+        with open("/proc/self/stat") as f:
+            # Field 22 (starttime), counted after the ")" that ends the command name.
+            started_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        return round(PROCESS_START_BOOT - started_ticks / os.sysconf("SC_CLK_TCK"), 3)
+    except (OSError, ValueError, IndexError, TypeError):
+        return None
+
+
+# What fngate told this instance (process backends): shown in /stats and the load line.
+FNGATE_ENV = ("FNGATE_INSTANCE_ID", "FNGATE_INSTANCE_KIND", "FNGATE_GPU_TYPE",
+              "FNGATE_GPU_MEMORY_GB", "FNGATE_GPU_CARD_MEMORY_GB", "FNGATE_GPU_MEMORY_FRACTION")
+
+
 def format_count(n):
     if n >= 1e9:
         return f"{n / 1e9:.1f}B"
@@ -770,8 +790,10 @@ def load(args):
         "device_name": device_name,
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "memory_fraction": fraction,
+        "fngate_env": {k: os.environ[k] for k in FNGATE_ENV if k in os.environ},
         "kv_cache_bytes": cache.nbytes(),
         "torch_version": torch.__version__,
+        "interpreter_start_s": interpreter_start_s(),
         "import_time_s": round(IMPORTED - PROCESS_START, 3),
         "cuda_init_time_s": round(cuda_ready - started, 3),
         "build_time_s": round(built - cuda_ready, 3),
@@ -794,10 +816,14 @@ async def serve(args, model, cache, device, info, load_started):
     steps += [("build", "build_time_s"), ("to device", "to_device_time_s"),
               ("warm-up", "warmup_time_s")]
     where = str(device) if device.type == "cpu" else f"{device} {info['device_name']}"
+    given = info["fngate_env"].get("FNGATE_GPU_MEMORY_FRACTION")
+    # On the CPU fngate's GPU slice is bookkeeping only: say that its share was not applied.
+    ignored = f" (FNGATE_GPU_MEMORY_FRACTION={given} ignored on cpu)" \
+        if given and device.type == "cpu" else ""
     print(f"model loaded in {ready - load_started:.2f} s ({format_count(info['params'])} params "
           f"on {where}; " + ", ".join(f"{label} {info[key]:.2f} s" for label, key in steps)
           + f"; torch import {info['import_time_s']:.2f} s; "
-          f"memory fraction {info['memory_fraction']})", flush=True)
+          f"memory fraction {info['memory_fraction']}{ignored})", flush=True)
 
     app = Server(engine, info, args)
     server = await asyncio.start_server(app.handle_connection, args.host, args.port,
