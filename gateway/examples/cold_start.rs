@@ -8,7 +8,8 @@
 //!   byte. The clock starts just before the spawn. Instances stay up until the batch ends, then
 //!   are killed (SIGKILL) and reaped; `--pids FILE` gets each child's PID as it starts, so a
 //!   script interrupted mid-batch can stop exactly those.
-//!   Prints `direct i=… ready_us=… first_byte_us=… status=… body=…` per instance.
+//!   Prints `direct i=… spawn_us=… ready_us=… first_byte_us=… status=… body=…` per instance
+//!   (`spawn_us`: until `Command::spawn` returned, i.e. the child has exec'd).
 //!
 //! `cold_start gateway --addr HOST:PORT [--count N] [--gap-ms MS] [--path-template T]`
 //!   Sends one request per function through fngate, sequentially, each on a new connection:
@@ -217,6 +218,7 @@ fn direct(o: &Opts) {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let t0 = Instant::now();
         let mut child = spawn(&o.command, port);
+        let spawned = t0.elapsed();
         if let Some(f) = pid_file.as_mut() {
             // After the clock started, but a few µs against milliseconds of start-up.
             let _ = writeln!(f, "{}", child.id());
@@ -237,7 +239,8 @@ fn direct(o: &Opts) {
         let mut s = TcpStream::connect(addr).expect("connect to the ready backend");
         let a = request(&mut s, path, &addr.to_string(), t0).expect("request");
         println!(
-            "direct i={i} ready_us={:.1} first_byte_us={:.1} status={} body={} probes={probes}",
+            "direct i={i} spawn_us={:.1} ready_us={:.1} first_byte_us={:.1} status={} body={} probes={probes}",
+            spawned.as_secs_f64() * 1e6,
             ready.as_secs_f64() * 1e6,
             a.first_byte.as_secs_f64() * 1e6,
             a.status,

@@ -5,7 +5,7 @@
 //! Builds `FUNCTIONS` (default 1,000) functions, each with a static backend of 2 endpoints and
 //! `instance_concurrency = 4` (8 slots), twice: once before the Prometheus recorder is installed
 //! (metric handles are no-ops) and once after (`fngate::telemetry::install_metrics`, as
-//! `fngate serve` runs). Then, for each set, it measures:
+//! `fngate serve` runs). Then it measures each mode on both sets back to back:
 //!
 //! - `single`: one task on a current-thread runtime; each decision picks a pseudo-random function
 //!   (an LCG, so every run draws the same sequence), takes a slot and frees it;
@@ -120,6 +120,7 @@ fn single(fns: &Arc<Vec<Arc<FunctionRuntime>>>, iters: usize, metrics: &str) {
 }
 
 /// One multi-task measurement.
+#[derive(Clone)]
 struct Case {
     mode: String,
     tasks: usize,
@@ -130,7 +131,7 @@ struct Case {
     hold: bool,
 }
 
-/// `case.tasks` tasks on the 2-worker runtime, released together.
+/// `case.tasks` tasks on the 2-worker runtime.
 fn multi(
     rt: &tokio::runtime::Runtime,
     fns: &Arc<Vec<Arc<FunctionRuntime>>>,
@@ -146,15 +147,18 @@ fn multi(
     } = case;
     let per_task = iters / tasks;
     let n = fns.len();
+    // No start barrier: a task woken by another on the same worker lands in that worker's LIFO
+    // slot, which the other worker cannot steal, so tasks that never yield would run one after
+    // the other. Spawned from outside the runtime, tasks go to the shared queue and both workers
+    // take some. Each task times itself; the run is first start to last end (the thread that
+    // awaits the handles may be scheduled long after the workers finished).
     let took = rt.block_on(async {
-        let start = Arc::new(tokio::sync::Barrier::new(tasks + 1));
         let mut handles = Vec::with_capacity(tasks);
         for k in 0..tasks {
             let fns = fns.clone();
-            let start = start.clone();
             handles.push(tokio::spawn(async move {
                 let mut lcg = Lcg(k as u64 * 7919 + 1);
-                start.wait().await;
+                let t0 = Instant::now();
                 for _ in 0..per_task {
                     let f = if one_function { 0 } else { lcg.next(n) };
                     let a = fns[f].acquire(0).await.expect("a slot");
@@ -163,20 +167,26 @@ fn multi(
                     }
                     drop(a);
                 }
+                (t0, Instant::now())
             }));
         }
-        start.wait().await;
-        let t = Instant::now();
+        let mut first: Option<Instant> = None;
+        let mut last: Option<Instant> = None;
         for h in handles {
-            h.await.expect("task");
+            let (a, b) = h.await.expect("task");
+            first = Some(first.map_or(a, |f| f.min(a)));
+            last = Some(last.map_or(b, |l| l.max(b)));
         }
-        t.elapsed()
+        last.expect("tasks ran") - first.expect("tasks ran")
     });
     report(&mode, metrics, tasks, per_task * tasks, took);
 }
 
-fn run_set(fns: &Arc<Vec<Arc<FunctionRuntime>>>, iters: usize, metrics: &str) {
-    single(fns, iters, metrics);
+/// Every mode, each measured on both sets back to back (metrics off, then on).
+fn run_all(sets: &[(&Arc<Vec<Arc<FunctionRuntime>>>, &str)], iters: usize) {
+    for (fns, metrics) in sets {
+        single(fns, iters, metrics);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(WORKERS)
         .enable_all()
@@ -189,21 +199,26 @@ fn run_set(fns: &Arc<Vec<Arc<FunctionRuntime>>>, iters: usize, metrics: &str) {
         one_function,
         hold,
     };
+    let mut cases = Vec::new();
     for tasks in [2, 8] {
-        let c = case(format!("spread-t{tasks}"), tasks, iters, false, false);
-        multi(&rt, fns, metrics, c);
+        cases.push(case(format!("spread-t{tasks}"), tasks, iters, false, false));
     }
     for tasks in [2, 8] {
-        let c = case(format!("one-fn-t{tasks}"), tasks, iters, true, false);
-        multi(&rt, fns, metrics, c);
+        cases.push(case(format!("one-fn-t{tasks}"), tasks, iters, true, false));
     }
     // Fewer iterations: every decision here goes through a yield and, for most, a queue entry.
-    let c = case("one-fn-queue-t32".into(), 32, iters / 4, true, true);
-    multi(&rt, fns, metrics, c);
+    cases.push(case("one-fn-queue-t32".into(), 32, iters / 4, true, true));
+    for c in cases {
+        for (fns, metrics) in sets {
+            multi(&rt, fns, metrics, c.clone());
+        }
+    }
     // Nothing is left held or queued.
-    for f in fns.iter() {
-        let s = f.snapshot();
-        assert_eq!((s.in_flight, s.queued), (0, 0), "{}", f.spec().id);
+    for (fns, _) in sets {
+        for f in fns.iter() {
+            let s = f.snapshot();
+            assert_eq!((s.in_flight, s.queued), (0, 0), "{}", f.spec().id);
+        }
     }
 }
 
@@ -222,6 +237,5 @@ fn main() {
         built_plain.as_secs_f64() * 1e3,
         built_metrics.as_secs_f64() * 1e3
     );
-    run_set(&plain, iters, "off");
-    run_set(&with_metrics, iters, "on");
+    run_all(&[(&plain, "off"), (&with_metrics, "on")], iters);
 }

@@ -28,7 +28,7 @@ const TAIL_LINES: usize = 8;
 /// Start-up probes begin this often and back off to `STARTUP_PROBE_MAX` (never above the
 /// configured interval): a quick first probe is most of the gateway's share of a cold start.
 const STARTUP_PROBE_FIRST: Duration = Duration::from_millis(1);
-const STARTUP_PROBE_MAX: Duration = Duration::from_millis(20);
+const STARTUP_PROBE_MAX: Duration = Duration::from_millis(5);
 /// Probes at the first interval before backing off.
 const STARTUP_PROBE_FAST_COUNT: u32 = 100;
 

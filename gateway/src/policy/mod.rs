@@ -218,7 +218,10 @@ impl PolicyHost {
             .total_core_instances(2048)
             .total_memories(512)
             .total_tables(1024)
-            .total_stacks(512)
+            // A call runs to completion on one worker thread (deadlines trap, they never yield), so
+            // concurrent stacks are bounded by the worker count; fewer reserved stacks also keep
+            // the gateway cheap to fork when it spawns an instance.
+            .total_stacks(64)
             // Calls run on pooled fiber stacks; keeping their hot top resident avoids page faults
             // on every call.
             .async_stack_keep_resident(256 << 10)
