@@ -25,12 +25,12 @@ use tokio_util::task::TaskTracker;
 const MAX_LINE: usize = 16 * 1024;
 /// Output lines kept per instance for start-failure messages.
 const TAIL_LINES: usize = 8;
-/// Start-up probes begin this often and back off to `STARTUP_PROBE_MAX` (never above the
-/// configured interval): a quick first probe is most of the gateway's share of a cold start.
+/// Start-up probes run every `STARTUP_PROBE_FIRST` while the port refuses connections (a refused
+/// loopback connect costs microseconds, and noticing the port late is most of the gateway's
+/// share of a cold start). Once something listens but is not ready yet (a model still loading
+/// behind a 503), probes back off to `STARTUP_PROBE_MAX`, never above the configured interval.
 const STARTUP_PROBE_FIRST: Duration = Duration::from_millis(1);
 const STARTUP_PROBE_MAX: Duration = Duration::from_millis(5);
-/// Probes at the first interval before backing off.
-const STARTUP_PROBE_FAST_COUNT: u32 = 100;
 
 /// Starts and supervises process instances for every function.
 #[derive(Debug)]
@@ -253,8 +253,8 @@ fn exit_message(status: std::io::Result<ExitStatus>) -> String {
 async fn wait_ready(child: &mut Child, inst: &Instance, spec: &ProcessSpec, port: u16) -> Startup {
     let deadline = tokio::time::Instant::now() + spec.startup_timeout;
     let max_gap = STARTUP_PROBE_MAX.min(spec.readiness.interval);
-    let mut gap = STARTUP_PROBE_FIRST.min(max_gap);
-    let mut probes = 0u32;
+    let first_gap = STARTUP_PROBE_FIRST.min(max_gap);
+    let mut gap = first_gap;
     let mut last = String::from("no probe yet");
     loop {
         let probe = probe::get(port, &spec.readiness.path, spec.readiness.timeout);
@@ -264,9 +264,16 @@ async fn wait_ready(child: &mut Child, inst: &Instance, spec: &ProcessSpec, port
             Event::StopRequested => return Startup::Stopped,
             Event::Done(Err(_)) => return Startup::TimedOut(last),
             Event::Done(Ok(Ok(()))) => return Startup::Ready,
-            Event::Done(Ok(Err(e))) => last = e,
+            Event::Done(Ok(Err(e))) => {
+                gap = match e {
+                    probe::ProbeError::Refused(_) => first_gap,
+                    probe::ProbeError::Unhealthy(_) => (gap * 3 / 2)
+                        .max(gap + Duration::from_millis(1))
+                        .min(max_gap),
+                };
+                last = e.to_string();
+            }
         }
-        probes += 1;
         let pause = tokio::time::timeout_at(deadline, tokio::time::sleep(gap));
         match race(child, inst, pause).await {
             Event::Exited(Ok(s)) => return Startup::Exited(s),
@@ -274,11 +281,6 @@ async fn wait_ready(child: &mut Child, inst: &Instance, spec: &ProcessSpec, port
             Event::StopRequested => return Startup::Stopped,
             Event::Done(Err(_)) => return Startup::TimedOut(last),
             Event::Done(Ok(())) => {}
-        }
-        if probes >= STARTUP_PROBE_FAST_COUNT {
-            gap = (gap * 3 / 2)
-                .max(gap + Duration::from_millis(1))
-                .min(max_gap);
         }
     }
 }

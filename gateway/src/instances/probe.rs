@@ -10,17 +10,42 @@ use tokio::net::TcpStream;
 /// Enough for any status line; the rest of the answer is ignored.
 const READ_LIMIT: usize = 512;
 
-pub async fn get(port: u16, path: &str, timeout: Duration) -> Result<(), String> {
-    match tokio::time::timeout(timeout, exchange(port, path)).await {
-        Ok(r) => r,
-        Err(_) => Err(format!("no answer within {timeout:?}")),
+/// Why a probe failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeError {
+    /// Nothing listens on the port yet (cheap to ask again soon).
+    Refused(String),
+    /// Something listens but did not answer 2xx in time.
+    Unhealthy(String),
+}
+
+impl std::fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProbeError::Refused(m) | ProbeError::Unhealthy(m) => f.write_str(m),
+        }
     }
 }
 
-async fn exchange(port: u16, path: &str) -> Result<(), String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+pub async fn get(port: u16, path: &str, timeout: Duration) -> Result<(), ProbeError> {
+    let mut s = match tokio::time::timeout(timeout, TcpStream::connect(("127.0.0.1", port))).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(ProbeError::Refused(format!("connect: {e}"))),
+        Err(_) => {
+            return Err(ProbeError::Refused(format!(
+                "connect: no answer within {timeout:?}"
+            )));
+        }
+    };
+    match tokio::time::timeout(timeout, exchange(&mut s, port, path)).await {
+        Ok(r) => r.map_err(ProbeError::Unhealthy),
+        Err(_) => Err(ProbeError::Unhealthy(format!(
+            "no answer within {timeout:?}"
+        ))),
+    }
+}
+
+async fn exchange(s: &mut TcpStream, port: u16, path: &str) -> Result<(), String> {
     let _ = s.set_nodelay(true);
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: fngate-probe\r\nConnection: close\r\n\r\n"

@@ -491,3 +491,49 @@ async fn gpu_capacity_packs_cards_and_names_the_type_when_full() {
     f.instance_gone(&i, Gone::Stopped);
     assert_eq!(node.gpus.cards_in_use(), 0);
 }
+
+#[tokio::test]
+async fn target_tracking_raises_the_provisioned_target_with_demand() {
+    let (node, l) = with_launcher(GpuPool::new(&[], 10));
+    let mut spec = (*process_spec(1, 4, 0, None, 10_000)).clone();
+    spec.scaling.tracking = Some(scaling::TrackingRule {
+        utilization: 0.5,
+        min: 0,
+        max: 4,
+        window: Duration::from_secs(60),
+    });
+    let rt = FunctionRuntime::new(Arc::new(spec), node);
+    // No demand yet: the rule wants its minimum, nothing starts.
+    rt.maintain(Instant::now(), unix_now());
+    assert_eq!(l.count(), 0);
+    // Two requests in flight on two on-demand instances.
+    let mut held = Vec::new();
+    for n in 0..2 {
+        let w = {
+            let rt = rt.clone();
+            tokio::spawn(async move { rt.acquire(0).await.unwrap() })
+        };
+        until(|| l.count() == n + 1).await;
+        let (f, i) = l.get(n);
+        f.instance_ready(&i, COLD);
+        held.push(w.await.unwrap());
+    }
+    // The rule averages demand over its window: samples 0 and 2 → mean 1, at utilization 0.5
+    // and one slot each → 2 provisioned instances: the two running ones are promoted.
+    rt.maintain(Instant::now(), unix_now());
+    let st = rt.snapshot();
+    assert_eq!(st.tracked_target, Some(2), "{st:?}");
+    assert_eq!(l.count(), 2);
+    assert!(
+        st.instances
+            .iter()
+            .all(|i| i.kind == InstanceKind::Provisioned),
+        "{st:?}"
+    );
+    // Another sample at 2 → mean 4/3 → 3: one more starts, ahead of any new request.
+    rt.maintain(Instant::now(), unix_now());
+    let st = rt.snapshot();
+    assert_eq!(st.provisioned_target, 3, "{st:?}");
+    assert_eq!(l.count(), 3);
+    assert_eq!(l.get(2).1.kind(), InstanceKind::Provisioned);
+}
