@@ -112,7 +112,7 @@ def coldstart(out, results):
                    "200, then GET /bytes/1024 on a new connection; clock from just before the spawn to the first response byte"),
         ("fngate", "release fngate, plaintext listener on 127.0.0.1:0, one process-backend function per request "
                    "(`command = [demo-backend …]`, readiness `/health`, defaults otherwise: start-up probes every 1 ms, "
-                   "backing off after 100 probes), per-invocation JSON log on (stdout to a file); "
+                   "every 1 ms while the port refuses connections, backing off to 5 ms while it answers non-2xx), per-invocation JSON log on (stdout to a file); "
                    "`gateway/examples/cold_start.rs gateway`: clock from just before the connect to the first response byte"),
     ])
     summary = []
@@ -192,7 +192,7 @@ def coldstart(out, results):
         if lg:
             lines.append(f"Where it goes (differences of medians): spawning {med(spawn) - med(d_spawn):+.2f} ms, "
                          f"spawn → ready {med(ready) - (med(d_ready) - med(d_spawn)):+.2f} ms "
-                         f"(probe period: fngate ~1 ms on tokio's timer, backing off after 100 probes; direct {cmd['POLL_US']} µs), "
+                         f"(probe period: fngate ~1 ms on tokio's timer while the port refuses connections; direct {cmd['POLL_US']} µs), "
                          f"ready → first byte {med(after) - med(d_after):+.2f} ms.")
         if bad or warm or len(lg) != len(gw):
             lines.append(f"Validity: {len(bad)} answer(s) not 200 with 1024 bytes, {len(warm)} fngate request(s) without "
