@@ -72,6 +72,7 @@ fn spec(i: usize) -> Arc<FunctionSpec> {
         },
         gpu: None,
         scaling: ScalingSpec::fixed(ENDPOINTS as u32),
+        async_: Default::default(),
     })
 }
 

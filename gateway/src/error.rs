@@ -36,6 +36,8 @@ pub enum GatewayError {
         detail: String,
         retry_after: Duration,
     },
+    #[error("the async queue cannot take the request now: {detail}")]
+    QueueUnavailable { detail: String },
     #[error("instance {instance} of function {function} is not available")]
     InstanceUnavailable { function: String, instance: String },
     #[error("policy plugin `{plugin}` failed: {detail}")]
@@ -81,6 +83,7 @@ impl GatewayError {
             FunctionRetired { .. }
             | PluginFailed { .. }
             | ColdStartFailed { .. }
+            | QueueUnavailable { .. }
             | InstanceUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
             UpstreamConnect { .. } | UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
@@ -102,6 +105,7 @@ impl GatewayError {
             GpuCapacity { .. } => "gpu_capacity",
             ColdStartFailed { .. } => "cold_start_failed",
             InstanceUnavailable { .. } => "instance_unavailable",
+            QueueUnavailable { .. } => "queue_unavailable",
             FunctionRetired { .. } => "function_removed",
             PluginFailed { .. } => "plugin_failed",
             NotImplemented { .. } => "not_implemented",
@@ -121,6 +125,7 @@ impl GatewayError {
                 | GatewayError::GpuCapacity { .. }
                 | GatewayError::ColdStartFailed { .. }
                 | GatewayError::InstanceUnavailable { .. }
+                | GatewayError::QueueUnavailable { .. }
                 | GatewayError::UpstreamConnect { .. }
         )
     }

@@ -15,6 +15,7 @@ pub mod instances;
 pub mod invoker;
 pub mod listener;
 pub mod policy;
+pub mod queue;
 pub mod scheduler;
 pub mod server;
 pub mod state;

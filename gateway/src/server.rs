@@ -20,6 +20,7 @@ const ADMIN_TOKEN_FILE: &str = "admin-token";
 const LISTENERS_FILE: &str = "listeners.json";
 const PLUGIN_WATCH_INTERVAL: Duration = Duration::from_secs(1);
 const INSTANCE_UPKEEP_INTERVAL: Duration = Duration::from_millis(250);
+const TASK_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Runs the gateway until SIGTERM or SIGINT.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
@@ -68,6 +69,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let policy = PolicyHost::new()?;
     let gw = Gateway::new(config, prometheus, admin_token, policy)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    open_queue(&gw).await?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let public_conns = Arc::new(Semaphore::new(limits.max_connections));
     let admin_conns = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
@@ -181,6 +183,47 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .shutdown(longest_grace + Duration::from_secs(2))
         .await;
     let _ = std::fs::remove_file(s.data_dir.join(LISTENERS_FILE));
+    Ok(())
+}
+
+/// Opens the embedded task store, puts tasks a previous process left running back in the queue
+/// (at least once), and starts the dispatcher and the retention pruning.
+async fn open_queue(gw: &Arc<Gateway>) -> anyhow::Result<()> {
+    let q = gw.runtime().config.queue.clone();
+    let path = q.path.clone();
+    let store = tokio::task::spawn_blocking(move || crate::queue::SqliteStore::open(&path))
+        .await
+        .context("opening the task store")?
+        .with_context(|| format!("cannot open the task store {}", q.path.display()))?;
+    let store: Arc<dyn crate::queue::TaskStore> = Arc::new(store);
+    let recovered = store
+        .recover()
+        .await
+        .context("recovering tasks left running")?;
+    if recovered > 0 {
+        tracing::info!(
+            recovered,
+            "async tasks left running by the previous process are queued again"
+        );
+    }
+    let d = crate::invoker::dispatch::Dispatcher::new(store.clone(), gw);
+    let _ = gw.tasks.set(d.clone());
+    tokio::spawn(d.run());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(TASK_PRUNE_INTERVAL);
+        loop {
+            tick.tick().await;
+            let cut = crate::queue::now_ms().saturating_sub(q.retention.as_millis() as u64);
+            match store.prune(cut).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    pruned = n,
+                    "finished async tasks past their retention removed"
+                ),
+                Err(e) => tracing::warn!("pruning finished tasks failed: {e}"),
+            }
+        }
+    });
     Ok(())
 }
 

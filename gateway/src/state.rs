@@ -62,6 +62,8 @@ pub struct Gateway {
     /// The GPU pool and process launcher every function's instances use; fixed at start-up.
     pub node: Arc<Node>,
     pub launcher: Arc<ProcessLauncher>,
+    /// The async queue's dispatcher (and through it the task store), once opened at start-up.
+    pub tasks: std::sync::OnceLock<Arc<crate::invoker::dispatch::Dispatcher>>,
     stdout_log: LogSink,
     generation: AtomicU64,
     reload_lock: std::sync::Mutex<()>,
@@ -106,6 +108,7 @@ impl Gateway {
             policy,
             node,
             launcher,
+            tasks: std::sync::OnceLock::new(),
             stdout_log,
             generation: AtomicU64::new(1),
             reload_lock: std::sync::Mutex::new(()),

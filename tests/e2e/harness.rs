@@ -270,6 +270,30 @@ impl Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Starts fngate again on the same config and data dir (after `kill`, say); output is
+    /// appended to the same log files.
+    pub fn restart(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_file(self.dir.0.join("data/listeners.json"));
+        let append = |name: &str| {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(self.dir.0.join(name))
+                .unwrap()
+        };
+        self.child = Command::new(fngate_bin())
+            .args(["serve", "--config"])
+            .arg(&self.config_path)
+            .env("FNGATE_TEST_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("FNGATE_LOG", "info")
+            .stdout(append("stdout.log"))
+            .stderr(append("stderr.log"))
+            .spawn()
+            .expect("spawn fngate");
+        self.wait_ready();
+    }
 }
 
 impl Drop for Gateway {
@@ -391,6 +415,19 @@ impl Conn {
             .await
             .expect("request failed");
         Resp::collect(r).await
+    }
+
+    /// Like `send`, but a failed exchange (the gateway went away) is an error, not a panic.
+    pub async fn try_send(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<Resp, hyper::Error> {
+        let body = Full::new(body).map_err(|never| match never {}).boxed();
+        let r = self.send_streaming(method, path, headers, body).await?;
+        Ok(Resp::collect(r).await)
     }
 
     pub async fn send_streaming(

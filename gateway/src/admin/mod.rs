@@ -3,6 +3,8 @@
 //! Everything except `/healthz` and `/readyz` (for probes) needs `Authorization: Bearer <admin token>`.
 //! The public listener never routes here.
 
+mod tasks;
+
 use crate::body::ResponseBody;
 use crate::error::error_response;
 use crate::invoker::ConnInfo;
@@ -24,6 +26,15 @@ pub async fn handle(
     let mut resp = if authed && req.method() == Method::POST && req.uri().path() == "/admin/reload"
     {
         reload(gw.clone(), rid.as_str()).await
+    } else if authed && (req.uri().path() == "/tasks" || req.uri().path().starts_with("/tasks/")) {
+        tasks::handle(
+            &gw,
+            req.method(),
+            req.uri().path(),
+            req.uri().query(),
+            rid.as_str(),
+        )
+        .await
     } else if let Some(id) = authed.then(|| provisioned_target_path(&req)).flatten() {
         set_provisioned(&gw, &id, req, rid.as_str()).await
     } else {
@@ -294,7 +305,7 @@ fn authorized(gw: &Gateway, v: Option<&HeaderValue>) -> bool {
     crate::trigger::bearer_matches(v, &gw.admin_token)
 }
 
-fn json_response(status: StatusCode, v: serde_json::Value) -> Response<ResponseBody> {
+pub(crate) fn json_response(status: StatusCode, v: serde_json::Value) -> Response<ResponseBody> {
     let mut r = Response::new(ResponseBody::full(v.to_string()));
     *r.status_mut() = status;
     r.headers_mut().insert(

@@ -56,6 +56,13 @@ pub const DEFAULT_READINESS_FAILURES: u32 = 3;
 pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_TRACKING_WINDOW: Duration = Duration::from_secs(60);
+pub const DEFAULT_ASYNC_MAX_RETRIES: u32 = 3;
+pub const MAX_ASYNC_MAX_RETRIES: u32 = 8;
+pub const DEFAULT_MAX_EVENT_AGE: Duration = Duration::from_secs(24 * 3600);
+pub const DEFAULT_ASYNC_MAX_CONCURRENCY: u32 = 8;
+pub const DEFAULT_ASYNC_MAX_PAYLOAD: u64 = 6 * 1024 * 1024;
+pub const DEFAULT_TASK_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const QUEUE_FILE: &str = "queue.sqlite";
 /// Environment variables an instance gets from fngate's own environment without asking.
 pub const BASE_ENV: &[&str] = &["PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR"];
 
@@ -111,6 +118,45 @@ pub struct Config {
     pub gpus: Vec<crate::scheduler::gpu::CardType>,
     /// The account's cap on physical GPU cards in use.
     pub gpu_cards_max: u32,
+    pub queue: QueueSpec,
+}
+
+/// The async queue: the embedded store's file and how long finished tasks are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSpec {
+    pub path: PathBuf,
+    pub retention: Duration,
+}
+
+/// How a function's async invocations run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AsyncSpec {
+    pub max_retries: u32,
+    pub max_event_age: Duration,
+    pub on_success: Option<http::Uri>,
+    pub on_failure: Option<http::Uri>,
+    pub max_concurrency: u32,
+    pub max_payload: u64,
+}
+
+impl Default for AsyncSpec {
+    fn default() -> Self {
+        AsyncSpec {
+            max_retries: DEFAULT_ASYNC_MAX_RETRIES,
+            max_event_age: DEFAULT_MAX_EVENT_AGE,
+            on_success: None,
+            on_failure: None,
+            max_concurrency: DEFAULT_ASYNC_MAX_CONCURRENCY,
+            max_payload: DEFAULT_ASYNC_MAX_PAYLOAD,
+        }
+    }
+}
+
+/// How a trigger's requests are invoked unless the request or a plugin says otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvocationType {
+    Sync,
+    Async,
 }
 
 /// A policy plugin as configured; loading and compiling happen in `crate::policy`.
@@ -195,6 +241,7 @@ pub struct FunctionSpec {
     /// A GPU slice each instance needs (process backends only).
     pub gpu: Option<GpuRequest>,
     pub scaling: ScalingSpec,
+    pub async_: AsyncSpec,
 }
 
 impl FunctionSpec {
@@ -285,6 +332,7 @@ pub struct HttpTriggerSpec {
     pub plugins: Vec<usize>,
     /// The largest `body_prefix` of those plugins: body bytes read before the chain runs.
     pub body_prefix: usize,
+    pub invocation: InvocationType,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

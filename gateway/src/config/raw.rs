@@ -15,7 +15,7 @@ pub struct RawConfig {
     pub account: Option<RawAccount>,
     #[serde(default)]
     pub gpu: Vec<RawGpuCards>,
-    pub queue: Option<toml::Value>,
+    pub queue: Option<RawQueue>,
     #[serde(default)]
     pub service: Vec<RawService>,
     #[serde(default)]
@@ -78,6 +78,31 @@ pub enum SizeValue {
     Text(String),
 }
 
+/// Where async invocations wait: `kind = "embedded"` (a SQLite file in data_dir) or `"nats"`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQueue {
+    pub kind: Option<String>,
+    pub url: Option<String>,
+    pub stream: Option<String>,
+    /// How long finished tasks are kept.
+    pub retention: Option<String>,
+}
+
+/// A function's async invocation settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAsync {
+    pub max_retries: Option<u64>,
+    pub max_event_age: Option<String>,
+    pub on_success: Option<String>,
+    pub on_failure: Option<String>,
+    /// Async attempts running at once for the function (sync traffic keeps the rest).
+    pub max_concurrency: Option<u64>,
+    /// Largest async request body stored.
+    pub max_payload: Option<SizeValue>,
+}
+
 /// The account the node's instances run under; only its GPU card cap exists.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -121,7 +146,7 @@ pub struct RawFunction {
     pub gpu: Option<RawGpuRequest>,
     pub scaling: Option<RawScaling>,
     #[serde(rename = "async")]
-    pub async_: Option<toml::Value>,
+    pub async_: Option<RawAsync>,
     pub cpu: Option<toml::Value>,
     pub memory: Option<toml::Value>,
 }

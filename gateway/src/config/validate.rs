@@ -239,9 +239,36 @@ pub(super) fn compile(
         100_000,
     ) as u32;
     // Capabilities that later releases implement: refused by name, never silently ignored.
-    if raw.queue.is_some() {
-        cx.unsupported("queue", "async invocations arrive with the durable queue");
+    let queue_raw = raw.queue.as_ref();
+    match queue_raw.and_then(|q| q.kind.as_deref()) {
+        None | Some("embedded") => {
+            for (key, present) in [
+                ("url", queue_raw.is_some_and(|q| q.url.is_some())),
+                ("stream", queue_raw.is_some_and(|q| q.stream.is_some())),
+            ] {
+                if present {
+                    cx.err(
+                        format!("queue.{key}"),
+                        "only kind = \"nats\" takes this key",
+                    );
+                }
+            }
+        }
+        Some("nats") => cx.unsupported(
+            "queue.kind",
+            "the NATS JetStream queue; use kind = \"embedded\"",
+        ),
+        Some(other) => cx.err(
+            "queue.kind",
+            format!("`{other}`: expected \"embedded\" or \"nats\""),
+        ),
     }
+    let retention = cx.duration(
+        "queue.retention".into(),
+        &queue_raw.and_then(|q| q.retention.clone()),
+        DEFAULT_TASK_RETENTION,
+        Duration::from_secs(365 * 24 * 3600),
+    );
     if !raw.event_source.is_empty() {
         cx.unsupported("event_source", "object-storage event sources");
     }
@@ -368,6 +395,13 @@ pub(super) fn compile(
         }
     }
 
+    let queue = QueueSpec {
+        path: server
+            .as_ref()
+            .map(|s| s.data_dir.join(QUEUE_FILE))
+            .unwrap_or_default(),
+        retention,
+    };
     if cx.problems.is_empty() {
         Ok(Config {
             file: file.to_path_buf(),
@@ -378,6 +412,7 @@ pub(super) fn compile(
             log_stdout,
             gpus,
             gpu_cards_max,
+            queue,
         })
     } else {
         Err(cx.problems)
@@ -520,7 +555,6 @@ fn compile_function(
         Some(n) => n.clone(),
     };
     for (key, val, what) in [
-        ("async", f.async_.is_some(), "async invocations"),
         (
             "cpu",
             f.cpu.is_some(),
@@ -608,7 +642,9 @@ fn compile_function(
         }
         (_, raw) => compile_scaling(cx, &format!("{fp}.scaling"), raw.as_ref()),
     };
+    let async_ = compile_async(cx, &format!("{fp}.async"), f.async_.as_ref(), max_body);
     Some(FunctionSpec {
+        async_,
         id: format!("{service}/{name}"),
         service: service.to_string(),
         name,
@@ -621,6 +657,62 @@ fn compile_function(
         gpu,
         scaling,
     })
+}
+
+fn compile_async(cx: &mut Ctx<'_>, ap: &str, raw: Option<&RawAsync>, max_body: u64) -> AsyncSpec {
+    let empty = RawAsync::default();
+    let r = raw.unwrap_or(&empty);
+    let mut dest = |key: &str, v: &Option<String>| -> Option<http::Uri> {
+        let text = v.as_ref()?;
+        match text.parse::<http::Uri>() {
+            Ok(u)
+                if matches!(u.scheme_str(), Some("http"))
+                    && u.authority().is_some_and(|a| a.port_u16().is_some()) =>
+            {
+                Some(u)
+            }
+            _ => {
+                cx.err(
+                    format!("{ap}.{key}"),
+                    format!("`{text}` is not a URL like \"http://127.0.0.1:9100/hook\" (http, explicit port)"),
+                );
+                None
+            }
+        }
+    };
+    let on_success = dest("on_success", &r.on_success);
+    let on_failure = dest("on_failure", &r.on_failure);
+    AsyncSpec {
+        max_retries: cx.count(
+            format!("{ap}.max_retries"),
+            r.max_retries,
+            DEFAULT_ASYNC_MAX_RETRIES as u64,
+            0,
+            MAX_ASYNC_MAX_RETRIES as u64,
+        ) as u32,
+        max_event_age: cx.duration(
+            format!("{ap}.max_event_age"),
+            &r.max_event_age,
+            DEFAULT_MAX_EVENT_AGE,
+            Duration::from_secs(7 * 24 * 3600),
+        ),
+        on_success,
+        on_failure,
+        max_concurrency: cx.count(
+            format!("{ap}.max_concurrency"),
+            r.max_concurrency,
+            DEFAULT_ASYNC_MAX_CONCURRENCY as u64,
+            1,
+            100_000,
+        ) as u32,
+        max_payload: cx.size(
+            format!("{ap}.max_payload"),
+            &r.max_payload,
+            DEFAULT_ASYNC_MAX_PAYLOAD.min(max_body),
+            0,
+            max_body.max(1),
+        ),
+    }
 }
 
 fn compile_gpus(cx: &mut Ctx<'_>, raw: &[RawGpuCards]) -> Vec<crate::scheduler::gpu::CardType> {
@@ -1186,7 +1278,7 @@ fn compile_trigger(
     }
     match t.invocation.as_deref() {
         None | Some("sync") => {}
-        Some("async") => cx.unsupported(format!("{tp}.invocation"), "async invocations"),
+        Some("async") => {}
         Some(other) => cx.err(
             format!("{tp}.invocation"),
             format!("`{other}`: expected \"sync\" or \"async\""),
@@ -1316,6 +1408,11 @@ fn compile_trigger(
         methods,
         auth,
         strip_prefix: t.strip_prefix.unwrap_or(true),
+        invocation: if t.invocation.as_deref() == Some("async") {
+            InvocationType::Async
+        } else {
+            InvocationType::Sync
+        },
         body_prefix: plugins
             .iter()
             .map(|&i| known_plugins[i].body_prefix)

@@ -10,6 +10,8 @@
 //! The slot is held by the response body, so an instance counts as busy until the last byte has
 //! gone to the client (or the client has gone away).
 
+pub mod dispatch;
+
 use crate::backend::{
     self, BodyLimitExceeded, UpstreamBody, X_COLD_START, X_INSTANCE_ID, X_INSTANCE_KIND,
     X_REQUEST_ID,
@@ -119,6 +121,8 @@ async fn invoke(
     // 2. Policy plugins, in the trigger's order.
     let mut rest = std::borrow::Cow::Borrowed(rest);
     let mut priority = 0;
+    // A plugin's choice of sync or async wins over the header and the trigger.
+    let mut plugin_async: Option<bool> = None;
     let mut header_changes: Vec<RouteChange> = Vec::new();
     let mut replay = std::collections::VecDeque::new();
     if !trigger.plugins.is_empty() {
@@ -185,13 +189,8 @@ async fn invoke(
                         Ok(i) => {
                             fidx = i;
                             record.function = Some(fidx);
-                            if change.invocation == Some(Invocation::Async) {
-                                return Err(GatewayError::NotImplemented {
-                                    what: format!(
-                                        "plugin `{}` chose an async invocation",
-                                        plugin.name()
-                                    ),
-                                });
+                            if let Some(inv) = change.invocation {
+                                plugin_async = Some(inv == Invocation::Async);
                             }
                             priority = change.priority.unwrap_or(priority);
                             if let Some(t) = &change.tenant {
@@ -241,6 +240,60 @@ async fn invoke(
             function: spec.id.clone(),
             limit: spec.max_body,
         });
+    }
+
+    // The request as the function will see it, for a sync call now or an async one later.
+    let async_wanted = match parts.headers.get(&X_INVOCATION_TYPE).map(|v| v.as_bytes()) {
+        _ if plugin_async.is_some() => plugin_async == Some(true),
+        Some(b"async") => true,
+        Some(b"sync") => false,
+        Some(_) => {
+            return Err(GatewayError::BadRequest(
+                "x-fngate-invocation-type must be `sync` or `async`".into(),
+            ));
+        }
+        None => trigger.invocation == crate::config::InvocationType::Async,
+    };
+    let strip_authorization = matches!(trigger.auth, crate::config::AuthSpec::Bearer(_));
+    backend::strip_hop_by_hop(&mut parts.headers);
+    backend::add_forwarded(&mut parts.headers, conn.peer.ip(), conn.tls, host);
+    if strip_authorization {
+        // The bearer token is the gateway's credential, not the function's.
+        parts.headers.remove(header::AUTHORIZATION);
+    }
+    if let Some(h) = host_value.clone() {
+        parts.headers.insert(header::HOST, h);
+    }
+    for change in header_changes {
+        for n in change.remove_headers {
+            parts.headers.remove(n);
+        }
+        for (n, v) in change.set_headers {
+            parts.headers.insert(n, v);
+        }
+    }
+    parts
+        .headers
+        .insert(X_REQUEST_ID.clone(), record.request_id.header_value());
+
+    // 3b. Async: stored durably, answered 202; the dispatcher runs it later.
+    if async_wanted {
+        let path_and_query = match parts.uri.query() {
+            Some(q) => format!("{rest}?{q}"),
+            None => rest.to_string(),
+        };
+        return accept_async(
+            gw,
+            &spec,
+            parts,
+            body,
+            replay,
+            path_and_query,
+            priority,
+            deadline_base + spec.timeout,
+            record,
+        )
+        .await;
     }
 
     // 4. Scheduling.
@@ -314,27 +367,6 @@ async fn invoke(
             .build()
             .map_err(|e| GatewayError::BadRequest(format!("cannot forward this path: {e}")))?
     };
-    let strip_authorization = matches!(trigger.auth, crate::config::AuthSpec::Bearer(_));
-    backend::strip_hop_by_hop(&mut parts.headers);
-    backend::add_forwarded(&mut parts.headers, conn.peer.ip(), conn.tls, host);
-    if strip_authorization {
-        // The bearer token is the gateway's credential, not the function's.
-        parts.headers.remove(header::AUTHORIZATION);
-    }
-    if let Some(h) = host_value.clone() {
-        parts.headers.insert(header::HOST, h);
-    }
-    for change in header_changes {
-        for n in change.remove_headers {
-            parts.headers.remove(n);
-        }
-        for (n, v) in change.set_headers {
-            parts.headers.insert(n, v);
-        }
-    }
-    parts
-        .headers
-        .insert(X_REQUEST_ID.clone(), record.request_id.header_value());
     parts.uri = upstream_uri;
     parts.version = Version::HTTP_11;
     let upstream_req = Request::from_parts(
@@ -411,6 +443,164 @@ async fn invoke(
         parts,
         ResponseBody::Proxied { inner: body },
     ))
+}
+
+static X_INVOCATION_TYPE: http::HeaderName =
+    http::HeaderName::from_static("x-fngate-invocation-type");
+static X_ASYNC_DELAY: http::HeaderName = http::HeaderName::from_static("x-fngate-async-delay");
+/// Longest `x-fngate-async-delay` accepted.
+const MAX_ASYNC_DELAY_S: u64 = 24 * 3600;
+
+/// Stores an async invocation durably and answers 202 with its task id; a repeated task id
+/// answers with the existing task and stores nothing. Nothing is answered 202 unless stored.
+#[allow(clippy::too_many_arguments)]
+async fn accept_async(
+    gw: &Gateway,
+    spec: &crate::config::FunctionSpec,
+    parts: http::request::Parts,
+    body: Incoming,
+    replay: std::collections::VecDeque<Frame<Bytes>>,
+    path_and_query: String,
+    priority: i32,
+    deadline: Instant,
+    record: &mut Record,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    use crate::queue::{AcceptOutcome, NewTask, TaskRequest, new_task_id, now_ms, valid_task_id};
+    let Some(dispatcher) = gw.tasks.get() else {
+        return Err(GatewayError::QueueUnavailable {
+            detail: "the async queue is not open".into(),
+        });
+    };
+    let task_id = match parts.headers.get(&dispatch::X_TASK_ID) {
+        None => new_task_id(),
+        Some(v) => match v.to_str() {
+            Ok(id) if valid_task_id(id) => id.to_string(),
+            _ => {
+                return Err(GatewayError::BadRequest(format!(
+                    "x-fngate-task-id must be at most {} letters, digits, `_` or `-`, starting with a letter or `_`",
+                    crate::queue::MAX_TASK_ID_LEN
+                )));
+            }
+        },
+    };
+    let delay_s = match parts.headers.get(&X_ASYNC_DELAY) {
+        None => 0,
+        Some(v) => match v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+            Some(d) if d <= MAX_ASYNC_DELAY_S => d,
+            _ => {
+                return Err(GatewayError::BadRequest(format!(
+                    "x-fngate-async-delay must be whole seconds from 0 to {MAX_ASYNC_DELAY_S}"
+                )));
+            }
+        },
+    };
+    let limit = spec.async_.max_payload;
+    if parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > limit)
+    {
+        return Err(GatewayError::BodyTooLarge {
+            function: spec.id.clone(),
+            limit,
+        });
+    }
+    // The whole body, bounded by the async payload limit and the function's timeout.
+    let collect = async {
+        let mut upstream =
+            UpstreamBody::new(body, limit, record.bytes_in.clone()).with_replay(replay);
+        let mut buf = bytes::BytesMut::new();
+        while let Some(frame) =
+            std::future::poll_fn(|cx| Pin::new(&mut upstream).poll_frame(cx)).await
+        {
+            match frame {
+                Ok(f) => {
+                    if let Some(d) = f.data_ref() {
+                        buf.extend_from_slice(d);
+                    }
+                }
+                Err(e) if find_source::<BodyLimitExceeded>(e.as_ref()).is_some() => {
+                    return Err(GatewayError::BodyTooLarge {
+                        function: spec.id.clone(),
+                        limit,
+                    });
+                }
+                Err(e) => return Err(GatewayError::BadRequest(format!("request body: {e}"))),
+            }
+        }
+        Ok(buf.freeze())
+    };
+    let body =
+        match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), collect).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(GatewayError::BadRequest(
+                    "the request body did not arrive within the function's timeout".into(),
+                ));
+            }
+        };
+    let mut headers = Vec::with_capacity(parts.headers.len());
+    for (n, v) in &parts.headers {
+        if n == X_INVOCATION_TYPE || n == X_ASYNC_DELAY || n == dispatch::X_TASK_ID {
+            continue;
+        }
+        headers.push((n.as_str().to_string(), v.as_bytes().to_vec()));
+    }
+    let now = now_ms();
+    let task = NewTask {
+        task_id,
+        request_id: record.request_id.as_str().to_string(),
+        function: spec.id.clone(),
+        priority,
+        not_before_ms: now + delay_s * 1000,
+        max_retries: spec.async_.max_retries,
+        max_event_age_ms: spec.async_.max_event_age.as_millis() as u64,
+        request: TaskRequest {
+            method: parts.method.to_string(),
+            path_and_query,
+            headers,
+            body,
+        },
+    };
+    let due = task.not_before_ms;
+    let outcome = dispatcher.store.accept(task).await.map_err(|e| {
+        tracing::warn!(function = %spec.id, "async accept failed: {e}");
+        GatewayError::QueueUnavailable {
+            detail: e.to_string(),
+        }
+    })?;
+    let (summary, existing) = match &outcome {
+        AcceptOutcome::Stored(s) => (s, false),
+        AcceptOutcome::Existing(s) => (s, true),
+    };
+    if !existing {
+        dispatcher.wake(&spec.id, due);
+    }
+    metrics::counter!(crate::telemetry::ASYNC_ACCEPTED, "function" => spec.id.clone(), "result" => if existing { "existing" } else { "stored" }).increment(1);
+    let body = serde_json::json!({
+        "task_id": summary.id,
+        "request_id": summary.request_id,
+        "function": summary.function,
+        "state": summary.state,
+        "existing": existing,
+    });
+    let mut resp = Response::new(ResponseBody::full(body.to_string()));
+    *resp.status_mut() = http::StatusCode::ACCEPTED;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(X_REQUEST_ID.clone(), record.request_id.header_value());
+    if let Ok(v) = HeaderValue::from_str(&summary.id) {
+        h.insert(dispatch::X_TASK_ID.clone(), v);
+    }
+    record.status = 202;
+    record.task_id = Some(summary.id.clone());
+    record.finish();
+    Ok(resp)
 }
 
 /// A plugin's rejection as the client sees it: the plugin's status, headers and body.
@@ -504,7 +694,7 @@ fn find_source<'a, T: std::error::Error + 'static>(
     None
 }
 
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(s) = cur {
@@ -541,6 +731,8 @@ pub struct Record {
     tenant: Option<String>,
     /// The request's wait and the instance's cold-start split, when it waited for a cold start.
     cold_start: Option<(Duration, crate::scheduler::ColdStart)>,
+    /// The task an async request was stored as.
+    task_id: Option<String>,
 }
 
 impl Record {
@@ -598,6 +790,7 @@ impl Record {
             error: None,
             tenant: None,
             cold_start: None,
+            task_id: None,
         }
     }
 
@@ -626,6 +819,7 @@ impl Record {
             cold_start_ms: self.cold_start.map(|(w, _)| ms(w)),
             cold_start_spawn_ms: self.cold_start.map(|(_, c)| ms(c.spawn)),
             cold_start_readiness_ms: self.cold_start.map(|(_, c)| ms(c.readiness)),
+            task_id: self.task_id.as_deref(),
             queue_wait_ms: ms(self.queue_wait),
             upstream_ms: self.upstream_start.map(|s| ms(s.elapsed())),
             duration_ms: ms(elapsed),

@@ -28,6 +28,7 @@ fn spec(
         },
         gpu: None,
         scaling: crate::config::ScalingSpec::fixed(endpoints.len() as u32),
+        async_: Default::default(),
     })
 }
 
@@ -226,6 +227,7 @@ fn process_spec(
             memory_gb: m,
         }),
         scaling,
+        async_: Default::default(),
     })
 }
 

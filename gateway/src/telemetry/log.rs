@@ -24,6 +24,8 @@ pub struct InvocationLog<'a> {
     pub cold_start_ms: Option<f64>,
     pub cold_start_spawn_ms: Option<f64>,
     pub cold_start_readiness_ms: Option<f64>,
+    /// The task id of an async request (answered 202).
+    pub task_id: Option<&'a str>,
     pub queue_wait_ms: f64,
     pub upstream_ms: Option<f64>,
     pub duration_ms: f64,

@@ -39,6 +39,8 @@ pub const COLD_START_DURATION: &str = "fngate_cold_start_duration_seconds";
 pub const INSTANCE_EXITS: &str = "fngate_instance_exits_total";
 pub const PROVISIONED_TARGET: &str = "fngate_provisioned_target";
 pub const INSTANCE_LOG_LINES: &str = "fngate_instance_log_lines_total";
+pub const ASYNC_ACCEPTED: &str = "fngate_async_accepted_total";
+pub const ASYNC_DESTINATIONS: &str = "fngate_async_destinations_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.00001, 0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
