@@ -30,8 +30,18 @@
 //! so claims never scan finished tasks), transactions spanning several tables, and a file an
 //! operator can inspect with `sqlite3`. fjall's delete markers made "oldest live record" slow
 //! (~100 ms after 250k deletes) without extra bookkeeping. WAL + `synchronous=NORMAL` was ruled
-//! out: not durable against power loss. Group commit is what lifts accepts from ~8k/s (one
-//! fsync each) to the figures in bench/RESULTS.md (`bench/queue.sh`), above the 20k/s target.
+//! out: not durable against power loss. Group commit is what lifts accepts from one fsync each
+//! to tens of thousands per second. `bench/queue.sh` (medians of 5 runs, 200-byte bodies, fsync
+//! on, same machine while other builds kept the load at ~2.5; a plain append + fsync loop on a
+//! growing file managed only ~930/s then, so idle-machine figures are higher):
+//!
+//! | concurrent accepting tasks | 1 | 16 | 64 | 256 |
+//! |---|---|---|---|---|
+//! | durable accepts/s | 3.3k | 25.7k | 56.8k | 69.8k |
+//! | p50 / p99 latency of one accept | 0.25 / 0.76 ms | 0.55 / 1.9 ms | 1.0 / 3.5 ms | 3.2 / 6.9 ms |
+//!
+//! A claim + finish cycle (two commits) costs ~0.61 ms one at a time, ~46 µs each with 64
+//! finishes sharing commits. The 20k accepts/s target is met from 16 concurrent callers on.
 
 mod codec;
 mod error;
