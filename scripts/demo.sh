@@ -35,6 +35,8 @@ fngate is running (invocation log: $data/invocations.log). Try:
   curl --cacert $data/tls/ca.pem https://localhost:8443/echo/generate -d '{"prompt":"the gateway","max_tokens":12}'
   curl -N --cacert $data/tls/ca.pem 'https://localhost:8443/echo/generate?interval_ms=100' -d '{"prompt":"stream","max_tokens":10,"stream":true}'
   curl --cacert $data/tls/ca.pem -i https://localhost:8443/model/env        # cold start: x-fngate-cold-start, GPU slice env
+  curl --cacert $data/tls/ca.pem -i -H 'x-fngate-invocation-type: async' -H 'x-fngate-task-id: job_1' https://localhost:8443/echo/work -d '{"n":1}'   # 202, stored durably
+  curl --cacert $data/tls/ca.pem -H "authorization: Bearer \$(cat $data/admin-token)" https://localhost:9443/tasks/job_1   # its state, attempts and result
   curl --cacert $data/tls/ca.pem -H "authorization: Bearer \$(cat $data/admin-token)" https://localhost:9443/admin/functions
   curl --cacert $data/tls/ca.pem -H "authorization: Bearer \$(cat $data/admin-token)" https://localhost:9443/admin/functions/demo/model/instances
 
