@@ -236,9 +236,7 @@ fn spawn_instance_upkeep(gw: Arc<Gateway>) {
         loop {
             tick.tick().await;
             let now = std::time::Instant::now();
-            let unix = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let unix = crate::scheduler::unix_now();
             for f in &gw.runtime().functions {
                 f.maintain(now, unix);
             }

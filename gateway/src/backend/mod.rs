@@ -25,6 +25,16 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
 
 pub fn client() -> UpstreamClient {
+    pooled_client()
+}
+
+/// A pooled keep-alive HTTP/1.1 client to instances, for any request body type (streamed sync
+/// requests, stored async ones).
+pub fn pooled_client<B>() -> Client<HttpConnector, B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(CONNECT_TIMEOUT));

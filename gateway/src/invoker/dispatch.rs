@@ -2,9 +2,11 @@
 //! `async.max_concurrency` at once per function, retrying with backoff, expiring old ones, and
 //! sending destination records. The store (`crate::queue`) records; this decides.
 //!
-//! Wake-ups: a function is claimed for when a task of it was accepted, falls due (delay or
-//! retry), an attempt of it ended (a slot freed), or by a sweep every `SWEEP_INTERVAL` that
-//! catches whatever else (a restart's recovered tasks, a redrive).
+//! Wake-ups: a function is claimed for when a task of it was accepted or redriven, falls due
+//! (delay or retry), or an attempt of it ended (a slot freed). Every configured function is
+//! swept at start-up (recovered tasks), after each reload (a function that came back finds its
+//! waiting tasks), and every `SWEEP_INTERVAL` as a safety net; claims go through the store's
+//! writer, so sweeping is kept rare.
 
 use super::error_chain;
 use crate::backend::X_REQUEST_ID;
@@ -17,14 +19,13 @@ use http::{HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
-const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// First retry after this, doubling per attempt, with up to 50% jitter, capped.
 const RETRY_BASE: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(300);
@@ -54,17 +55,10 @@ impl std::fmt::Debug for Dispatcher {
 
 impl Dispatcher {
     pub fn new(store: Arc<dyn TaskStore>, gw: &Arc<Gateway>) -> Arc<Self> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
         Arc::new(Dispatcher {
             store,
             gw: Arc::downgrade(gw),
-            client: Client::builder(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .pool_timer(TokioTimer::new())
-                .pool_idle_timeout(Duration::from_secs(60))
-                .build(connector),
+            client: crate::backend::pooled_client(),
             wakes: Mutex::new(BTreeSet::new()),
             notify: Notify::new(),
             running: Mutex::new(HashMap::new()),
@@ -99,11 +93,14 @@ impl Dispatcher {
     /// The dispatch loop; runs until the gateway is gone.
     pub async fn run(self: Arc<Self>) {
         let mut next_sweep = now_ms();
+        let mut generation = 0;
         loop {
             let Some(gw) = self.gw.upgrade() else { return };
             let now = now_ms();
-            if now >= next_sweep {
-                for f in &gw.runtime().config.functions {
+            let rt = gw.runtime();
+            if now >= next_sweep || rt.generation != generation {
+                generation = rt.generation;
+                for f in &rt.config.functions {
                     lock(&self.wakes).insert((now, f.id.clone()));
                 }
                 next_sweep = now + SWEEP_INTERVAL.as_millis() as u64;
@@ -120,6 +117,7 @@ impl Dispatcher {
             let next = lock(&self.wakes)
                 .first()
                 .map_or(next_sweep, |(t, _)| (*t).min(next_sweep));
+            drop(rt);
             drop(gw);
             let wait = Duration::from_millis(next.saturating_sub(now_ms()).clamp(1, 1000));
             let _ = tokio::time::timeout(wait, self.notify.notified()).await;

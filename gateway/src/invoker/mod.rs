@@ -231,18 +231,7 @@ async fn invoke(
     let function = &rt.functions[fidx];
     let spec = function.spec().clone();
 
-    // 3. Admission: a declared length over the limit is refused before taking a slot.
-    if let Some(len) = declared_len
-        && len > spec.max_body
-    {
-        function.metrics.rejected(Reject::BodyTooLarge);
-        return Err(GatewayError::BodyTooLarge {
-            function: spec.id.clone(),
-            limit: spec.max_body,
-        });
-    }
-
-    // The request as the function will see it, for a sync call now or an async one later.
+    // Sync or async: a plugin's choice, else the header, else the trigger.
     let async_wanted = match parts.headers.get(&X_INVOCATION_TYPE).map(|v| v.as_bytes()) {
         _ if plugin_async.is_some() => plugin_async == Some(true),
         Some(b"async") => true,
@@ -254,6 +243,25 @@ async fn invoke(
         }
         None => trigger.invocation == crate::config::InvocationType::Async,
     };
+
+    // 3. Admission: a declared length over the limit (an async payload is stored whole, so its
+    // limit may be smaller) is refused before taking a slot or storing anything.
+    let body_limit = if async_wanted {
+        spec.async_.max_payload
+    } else {
+        spec.max_body
+    };
+    if let Some(len) = declared_len
+        && len > body_limit
+    {
+        function.metrics.rejected(Reject::BodyTooLarge);
+        return Err(GatewayError::BodyTooLarge {
+            function: spec.id.clone(),
+            limit: body_limit,
+        });
+    }
+
+    // The request as the function will see it, for a sync call now or an async one later.
     let strip_authorization = matches!(trigger.auth, crate::config::AuthSpec::Bearer(_));
     backend::strip_hop_by_hop(&mut parts.headers);
     backend::add_forwarded(&mut parts.headers, conn.peer.ip(), conn.tls, host);
@@ -494,19 +502,8 @@ async fn accept_async(
             }
         },
     };
+    // A declared length was checked at admission; a chunked body is cut at the same limit.
     let limit = spec.async_.max_payload;
-    if parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .is_some_and(|n| n > limit)
-    {
-        return Err(GatewayError::BodyTooLarge {
-            function: spec.id.clone(),
-            limit,
-        });
-    }
     // The whole body, bounded by the async payload limit and the function's timeout.
     let collect = async {
         let mut upstream =
@@ -807,7 +804,7 @@ impl Record {
             .map(|t| t.name.as_str());
         let fspec = self.function.map(|i| &rt.config.functions[i]);
         let client = self.client.ip().to_string();
-        let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+        let ms = telemetry::millis;
         let line = InvocationLog {
             ts: telemetry::rfc3339_now(),
             kind: "invocation",

@@ -18,7 +18,7 @@ pub mod gpu;
 pub mod scaling;
 
 use crate::config::{BackendSpec, FunctionSpec, ProcessSpec};
-use crate::telemetry::{FunctionMetrics, InstanceExit};
+use crate::telemetry::{FunctionMetrics, InstanceExit, millis as ms};
 use arc_swap::ArcSwap;
 use gpu::{GpuPool, GpuShare, PlaceError};
 use scaling::Tracker;
@@ -1033,14 +1033,11 @@ fn initial_target(spec: &FunctionSpec, now_unix: u64) -> u32 {
         .map_or(spec.scaling.provisioned, |r| r.target)
 }
 
-fn unix_now() -> u64 {
+/// Wall-clock unix seconds, for time-of-day rules.
+pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
 /// Least-loaded ready instance with a free slot, provisioned before on-demand.

@@ -106,6 +106,11 @@ fn describe() {
     );
 }
 
+/// A duration as milliseconds with microsecond precision, as log lines and the admin API show it.
+pub fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
 /// Status classes used as a label: a fixed set so handles can be pre-registered.
 pub fn status_class(status: u16) -> usize {
     match status {
