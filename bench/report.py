@@ -201,7 +201,7 @@ def cmd_report(out, results_path):
         return [c for c in configs if split_name(c)[1] == transport]
 
     L = []
-    title = "# fngate proxy benchmark"
+    title = "# fngate benchmarks"
     if smoke:
         title += " — smoke run — not results"
     L.append(title)
