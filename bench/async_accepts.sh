@@ -7,11 +7,14 @@
 # the backend on core 1. ROUNDS runs of DUR seconds; medians. Prints a summary; raw output in
 # bench/out/async/.
 #
-#   bench/async_accepts.sh            # ROUNDS=5 DUR=8 CONNS=64
+# QUEUE=nats runs the same against the NATS JetStream queue: a nats-server (JetStream on the
+# data dir) started per round on core 1 beside wrk and the backend.
+#
+#   bench/async_accepts.sh            # ROUNDS=5 DUR=8 CONNS=64 QUEUE=embedded
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROUNDS="${ROUNDS:-5}" DUR="${DUR:-8}" CONNS="${CONNS:-64}"
-out=bench/out/async
+ROUNDS="${ROUNDS:-5}" DUR="${DUR:-8}" CONNS="${CONNS:-64}" QUEUE="${QUEUE:-embedded}"
+out=bench/out/async-$QUEUE
 rm -rf "$out" && mkdir -p "$out"
 [ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release --locked -p fngate -p demo-backend
 bin="${CARGO_TARGET_DIR:-target}/release"
@@ -28,19 +31,28 @@ wrk.headers["x-fngate-invocation-type"] = "async"
 wrk.headers["content-type"] = "application/octet-stream"
 LUA
 
-results=()
+results=(); drains=()
 for r in $(seq "$ROUNDS"); do
     data="$out/data-$r"
     rm -rf "$data" && mkdir -p "$data"
     port=$((19600 + r))
     taskset -c 1 "$bin/demo-backend" --listen "127.0.0.1:$port" --id async >/dev/null 2>&1 &
     be=$!; pids+=("$be")
+    queue=""
+    if [ "$QUEUE" = nats ]; then
+        nport=$((19700 + r))
+        taskset -c 1 "${FNGATE_NATS_SERVER:-nats-server}" -a 127.0.0.1 -p "$nport" -js -sd "$data/js" >"$data/nats.log" 2>&1 &
+        ns=$!; pids+=("$ns")
+        for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$nport) 2>/dev/null && break; sleep 0.05; done
+        queue=$'[queue]\nkind = "nats"\nurl = "nats://127.0.0.1:'"$nport"$'"\n'
+    fi
     cat >"$data/fngate.toml" <<TOML
 [server]
 listen = "127.0.0.1:0"
 plaintext_listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 data_dir = "."
+$queue
 [telemetry]
 log = { stdout = false }
 [[service]]
@@ -60,11 +72,24 @@ TOML
     gw=$!; pids+=("$gw")
     for _ in $(seq 100); do [ -f "$data/listeners.json" ] && break; sleep 0.05; done
     addr=$(python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['plaintext'])" "$data/listeners.json")
+    t0=$(date +%s.%N)
     taskset -c 1 wrk -t1 -c"$CONNS" -d"${DUR}s" -s "$out/post.lua" "http://$addr/job/x" >"$out/wrk-$r.txt"
     rps=$(awk '/^Requests\/sec/ {print $2}' "$out/wrk-$r.txt")
+    total=$(awk '/requests in/ {print $1}' "$out/wrk-$r.txt")
     non2xx=$(awk '/Non-2xx/ {print $5}' "$out/wrk-$r.txt"); non2xx=${non2xx:-0}
-    echo "round $r: $rps 202/s (non-2xx: $non2xx)"
-    results+=("$rps")
-    kill "$gw" "$be"; wait "$gw" "$be" 2>/dev/null || true
+    accepted=$((total - non2xx))
+    # Drain: until the backend has run every accepted task (at least once), from wrk's start.
+    ran=0
+    for _ in $(seq 1200); do
+        ran=$(curl -s "http://127.0.0.1:$port/stats" | python3 -c "import json,sys;print(json.load(sys.stdin)['requests'])")
+        [ "$ran" -ge "$accepted" ] && break
+        sleep 0.1
+    done
+    t1=$(date +%s.%N)
+    drain=$(python3 -c "print(round($ran / ($t1 - $t0)))")
+    echo "round $r: $rps 202/s (non-2xx: $non2xx); $accepted accepted, $ran run, drained at $drain tasks/s (wrk start to last run)"
+    results+=("$rps"); drains+=("$drain")
+    kill "$gw" "$be" ${ns:-}; wait "$gw" "$be" ${ns:-} 2>/dev/null || true; ns=""
 done
 printf '%s\n' "${results[@]}" | sort -n | awk '{a[NR]=$1} END {printf "median %.0f 202/s (min %.0f, max %.0f) over %d rounds\n", a[int((NR+1)/2)], a[1], a[NR], NR}' | tee "$out/summary.txt"
+printf '%s\n' "${drains[@]}" | sort -n | awk '{a[NR]=$1} END {printf "drain: median %.0f tasks/s (min %.0f, max %.0f)\n", a[int((NR+1)/2)], a[1], a[NR]}' | tee -a "$out/summary.txt"

@@ -40,6 +40,9 @@ fngate is running (invocation log: $data/invocations.log). Try:
   curl --cacert $data/tls/ca.pem -H "authorization: Bearer \$(cat $data/admin-token)" https://localhost:9443/admin/functions
   curl --cacert $data/tls/ca.pem -H "authorization: Bearer \$(cat $data/admin-token)" https://localhost:9443/admin/functions/demo/model/instances
 
+Live dashboard: open https://localhost:9443/ (trust $data/tls/ca.pem or accept the warning)
+and paste the admin token from $data/admin-token.
+
 Ctrl-C to stop.
 MSG
 wait "${pids[3]}"

@@ -20,6 +20,21 @@ pub enum GatewayError {
     BodyTooLarge { function: String, limit: u64 },
     #[error("{0}")]
     BadRequest(String),
+    /// An object-storage webhook without valid credentials (the reason never holds a secret).
+    #[error("event source `{event_source}`: {reason}")]
+    EventUnauthorized {
+        event_source: String,
+        reason: String,
+        /// Bearer auth: answer with `WWW-Authenticate: Bearer`.
+        bearer: bool,
+    },
+    /// A notification body fngate cannot read; the message names the record and field.
+    #[error("{0}")]
+    BadEvent(String),
+    /// A notification over its source's `max_body`, or an event over its function's async
+    /// `max_payload`.
+    #[error("{0}")]
+    EventTooLarge(String),
     #[error("function {function} is at capacity: {max_queued} requests already queued")]
     QueueFull { function: String, max_queued: usize },
     #[error("function {function} is at capacity: no instance slot freed within {waited_ms} ms")]
@@ -74,9 +89,9 @@ impl GatewayError {
         match self {
             NotFound { .. } => StatusCode::NOT_FOUND,
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            BadRequest(_) => StatusCode::BAD_REQUEST,
+            Unauthorized { .. } | EventUnauthorized { .. } => StatusCode::UNAUTHORIZED,
+            BodyTooLarge { .. } | EventTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            BadRequest(_) | BadEvent(_) => StatusCode::BAD_REQUEST,
             QueueFull { .. } | QueueTimeout { .. } | GpuCapacity { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -97,9 +112,10 @@ impl GatewayError {
         match self {
             NotFound { .. } => "not_found",
             MethodNotAllowed { .. } => "method_not_allowed",
-            Unauthorized { .. } => "unauthorized",
-            BodyTooLarge { .. } => "body_too_large",
+            Unauthorized { .. } | EventUnauthorized { .. } => "unauthorized",
+            BodyTooLarge { .. } | EventTooLarge(_) => "body_too_large",
             BadRequest(_) => "bad_request",
+            BadEvent(_) => "bad_event",
             QueueFull { .. } => "queue_full",
             QueueTimeout { .. } => "queue_timeout",
             GpuCapacity { .. } => "gpu_capacity",
@@ -155,7 +171,8 @@ impl GatewayError {
                     h.insert(header::ALLOW, v);
                 }
             }
-            GatewayError::Unauthorized { .. } => {
+            GatewayError::Unauthorized { .. }
+            | GatewayError::EventUnauthorized { bearer: true, .. } => {
                 h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             _ => {}

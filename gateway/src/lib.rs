@@ -5,12 +5,14 @@
 //! `scheduler` (instance slots, wait queue, cold starts, GPU placement) → `backend` (pooled
 //! upstream client) → `telemetry`. `instances` runs the processes the scheduler asks for.
 //! `config` compiles the TOML file into the snapshot held by `state`; `admin` serves operators.
+//! `events` turns object-storage notifications into async tasks (`POST /events/{source}`).
 
 pub mod admin;
 pub mod backend;
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod instances;
 pub mod invoker;
 pub mod listener;

@@ -132,6 +132,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     spawn_plugin_watcher(gw.clone());
     spawn_instance_upkeep(gw.clone());
+    spawn_event_sources(gw.clone());
 
     write_listeners(&s.data_dir, public_addr, plaintext_addr, admin_addr)?;
     gw.ready.store(true, Ordering::Relaxed);
@@ -190,12 +191,29 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 /// (at least once), and starts the dispatcher and the retention pruning.
 async fn open_queue(gw: &Arc<Gateway>) -> anyhow::Result<()> {
     let q = gw.runtime().config.queue.clone();
-    let path = q.path.clone();
-    let store = tokio::task::spawn_blocking(move || crate::queue::SqliteStore::open(&path))
-        .await
-        .context("opening the task store")?
-        .with_context(|| format!("cannot open the task store {}", q.path.display()))?;
-    let store: Arc<dyn crate::queue::TaskStore> = Arc::new(store);
+    let store: Arc<dyn crate::queue::TaskStore> = match &q.kind {
+        crate::config::QueueKind::Embedded => {
+            let path = q.path.clone();
+            let store = tokio::task::spawn_blocking(move || crate::queue::SqliteStore::open(&path))
+                .await
+                .context("opening the task store")?
+                .with_context(|| format!("cannot open the task store {}", q.path.display()))?;
+            Arc::new(store)
+        }
+        crate::config::QueueKind::Nats { url, stream } => {
+            let opts = crate::queue::NatsOptions {
+                url: url.clone(),
+                stream: stream.clone(),
+                retention: q.retention,
+                ack_wait_margin: crate::queue::DEFAULT_ACK_WAIT_MARGIN,
+            };
+            let store = crate::queue::NatsStore::open(&opts)
+                .await
+                .with_context(|| format!("cannot open the NATS queue (stream {stream})"))?;
+            tracing::info!(url, stream, "async tasks are kept in NATS JetStream");
+            Arc::new(store)
+        }
+    };
     let recovered = store
         .recover()
         .await
@@ -208,6 +226,7 @@ async fn open_queue(gw: &Arc<Gateway>) -> anyhow::Result<()> {
     }
     let d = crate::invoker::dispatch::Dispatcher::new(store.clone(), gw);
     let _ = gw.tasks.set(d.clone());
+    tokio::spawn(d.clone().sample_depths());
     tokio::spawn(d.run());
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(TASK_PRUNE_INTERVAL);
@@ -225,6 +244,24 @@ async fn open_queue(gw: &Arc<Gateway>) -> anyhow::Result<()> {
         }
     });
     Ok(())
+}
+
+/// Keeps the broker event-source consumers (`[[event_source]] kind = "nats"`) in step with the
+/// config: started at start-up, restarted or stopped when a reload changes them.
+fn spawn_event_sources(gw: Arc<Gateway>) {
+    tokio::spawn(async move {
+        let mut sources = crate::events::brokers::Sources::default();
+        let mut generation = None;
+        loop {
+            let rt = gw.runtime();
+            if generation != Some(rt.generation) {
+                generation = Some(rt.generation);
+                sources.sync(&gw, &rt.config.event_sources);
+            }
+            drop(rt);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
 }
 
 /// Drives every function's periodic instance upkeep: scheduled and tracking rules, provisioned

@@ -581,3 +581,248 @@ pub fn chunked(chunks: Vec<Bytes>) -> ReqBody {
     }
     Chunks(chunks.into()).boxed()
 }
+
+/// A real nats-server with JetStream on a free loopback port, its store in a temp dir; killed on
+/// drop. `FNGATE_NATS_SERVER` picks another binary than the `nats-server` on PATH.
+pub struct NatsServer {
+    child: Child,
+    _dir: TempDir,
+    pub url: String,
+}
+
+impl NatsServer {
+    pub fn start() -> NatsServer {
+        let dir = TempDir::new("nats");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let bin = std::env::var("FNGATE_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
+        let child = Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir.0.join("js"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.0.join("nats.log")).unwrap())
+            .spawn()
+            .expect("nats-server must be installed (scripts/test.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        NatsServer {
+            child,
+            _dir: dir,
+            url: format!("nats://127.0.0.1:{port}"),
+        }
+    }
+
+    /// The `[queue]` section pointing a gateway at this server.
+    pub fn queue_config(&self) -> String {
+        format!(
+            "[queue]\nkind = \"nats\"\nurl = \"{}\"\nstream = \"FNGATE\"\n",
+            self.url
+        )
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A private RabbitMQ node on free loopback ports (AMQP and Erlang distribution), its database,
+/// logs, config and cookie in a temp dir; nothing of the machine's own RabbitMQ is used.
+///
+/// A small `sh` keeper starts `rabbitmq-server` in a process group of its own and waits on its
+/// stdin, a pipe from this process: when the `RabbitMq` is dropped, or the test binary ends (a
+/// `shared()` node is never dropped), the pipe closes and the keeper kills that whole group and
+/// removes the temp dir. `Drop` also kills the group itself, by its id. An `epmd` that the node
+/// had to start (none was running) stays, as with any Erlang node.
+///
+/// `FNGATE_RABBITMQ_SERVER` picks the server script (default: Debian's
+/// `/usr/lib/rabbitmq/bin/rabbitmq-server`, which, unlike the `/usr/sbin` wrapper, does not
+/// switch to the `rabbitmq` user; else `rabbitmq-server` on PATH).
+pub struct RabbitMq {
+    keeper: Child,
+    /// The server's process group (its leader's pid).
+    pgid: i32,
+    pub dir: PathBuf,
+    pub port: u16,
+    /// `amqp://guest:guest@127.0.0.1:PORT/%2f` (guest may log in from loopback).
+    pub url: String,
+    /// The Erlang node name, unique per start.
+    pub node: String,
+    server: String,
+}
+
+impl RabbitMq {
+    /// The node every test of this test binary run shares (started on first use, ~10 s).
+    pub fn shared() -> &'static RabbitMq {
+        static SHARED: std::sync::OnceLock<RabbitMq> = std::sync::OnceLock::new();
+        SHARED.get_or_init(RabbitMq::start)
+    }
+
+    pub fn start() -> RabbitMq {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = TempDir::new("rabbitmq");
+        // The keeper removes it; `TempDir`'s own drop must not race it.
+        let path = std::mem::ManuallyDrop::new(dir).0.clone();
+        let free_port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .unwrap()
+                .port()
+        };
+        let (port, dist_port) = (free_port(), free_port());
+        let node = format!(
+            "fngate-test-{}-{}@localhost",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let file = |name: &str, text: &str| {
+            let p = path.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        // No plugins (the management UI alone adds seconds to the start).
+        let plugins = file("enabled_plugins", "[].\n");
+        let config = file(
+            "rabbitmq.conf",
+            &format!("listeners.tcp.1 = 127.0.0.1:{port}\n"),
+        );
+        // Read instead of /etc/rabbitmq/rabbitmq-env.conf (which names the system node).
+        let env_file = file("rabbitmq-env.conf", "");
+        let server = std::env::var("FNGATE_RABBITMQ_SERVER").unwrap_or_else(|_| {
+            let debian = "/usr/lib/rabbitmq/bin/rabbitmq-server";
+            if Path::new(debian).exists() {
+                debian.to_string()
+            } else {
+                "rabbitmq-server".to_string()
+            }
+        });
+        let keeper_script = r#"
+setsid "$RMQ_SERVER" >"$RMQ_DIR/server.log" 2>&1 </dev/null &
+server=$!
+echo "$server"
+read -r _ || true
+kill -9 "-$server" 2>/dev/null
+wait
+rm -rf "$RMQ_DIR"
+"#;
+        let mut keeper = Command::new("sh")
+            .args(["-c", keeper_script])
+            .env("RMQ_SERVER", &server)
+            .env("RMQ_DIR", &path)
+            .env("HOME", &path)
+            .env("RABBITMQ_CONF_ENV_FILE", env_file)
+            .env("RABBITMQ_NODENAME", &node)
+            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_NODE_PORT", port.to_string())
+            .env("RABBITMQ_DIST_PORT", dist_port.to_string())
+            .env("RABBITMQ_MNESIA_BASE", path.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", path.join("log"))
+            .env("RABBITMQ_PID_FILE", path.join("rabbitmq.pid"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", plugins)
+            .env("RABBITMQ_CONFIG_FILE", config)
+            .env(
+                "RABBITMQ_ADVANCED_CONFIG_FILE",
+                path.join("advanced.config"),
+            )
+            .env(
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
+                "-kernel inet_dist_use_interface {127,0,0,1}",
+            )
+            .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn sh for rabbitmq-server");
+        let mut line = String::new();
+        BufReader::new(keeper.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let pgid: i32 = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("rabbitmq keeper said {line:?}"));
+        let rmq = RabbitMq {
+            keeper,
+            pgid,
+            dir: path,
+            port,
+            url: format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+            node,
+            server,
+        };
+        rmq.wait_ready();
+        rmq
+    }
+
+    /// Runs `rabbitmqctl ARGS` against this node (a second or two: it starts an Erlang VM);
+    /// panics unless it succeeds. Returns its stdout.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let ctl = match self.server.strip_suffix("rabbitmq-server") {
+            Some(dir) => format!("{dir}rabbitmqctl"),
+            None => "rabbitmqctl".to_string(),
+        };
+        let out = Command::new(ctl)
+            .args(["-n", &self.node])
+            .args(args)
+            .env("HOME", &self.dir)
+            .env("RABBITMQ_CONF_ENV_FILE", self.dir.join("rabbitmq-env.conf"))
+            .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run rabbitmqctl");
+        assert!(
+            out.status.success(),
+            "rabbitmqctl {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Until the node answers an AMQP protocol header with `connection.start`.
+    fn wait_ready(&self) {
+        use std::io::{Read, Write};
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = std::net::TcpStream::connect(("127.0.0.1", self.port)).and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                s.write_all(b"AMQP\x00\x00\x09\x01")?;
+                let mut frame = [0u8; 12];
+                s.read_exact(&mut frame)?;
+                // A method frame on channel 0: class 10 (connection), method 10 (start).
+                Ok(frame[0] == 1 && frame[7..11] == [0, 10, 0, 10])
+            });
+            if matches!(ready, Ok(true)) {
+                return;
+            }
+            let log = || std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+            assert!(
+                Instant::now() < deadline,
+                "rabbitmq-server did not accept AMQP on port {} in time (is it installed? \
+                 scripts/test.sh installs it):\n{}",
+                self.port,
+                log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for RabbitMq {
+    fn drop(&mut self) {
+        if let Some(pgid) = rustix::process::Pid::from_raw(self.pgid) {
+            let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+        }
+        // Closing stdin tells the keeper to clean up (the group is already gone) and exit.
+        drop(self.keeper.stdin.take());
+        let _ = self.keeper.wait();
+    }
+}

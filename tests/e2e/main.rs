@@ -1,7 +1,13 @@
 //! Black-box tests: the real `fngate` binary on loopback, real `demo-backend` processes, real TLS
 //! clients (rustls and curl). Build the workspace first: `cargo build --workspace`.
 
+mod async_nats;
 mod async_tasks;
+mod ceph_rgw;
+mod dashboard;
+mod event_amqp;
+mod event_brokers;
+mod events;
 mod forwarding;
 mod harness;
 mod instances;

@@ -1,8 +1,10 @@
 //! The admin API, on its own listener: health, readiness, metrics, function state and reload.
 //!
-//! Everything except `/healthz` and `/readyz` (for probes) needs `Authorization: Bearer <admin token>`.
+//! Everything except `/healthz` and `/readyz` (for probes) and the dashboard's page shell (`/`,
+//! `/dashboard`: static, no data; see `dashboard.rs`) needs `Authorization: Bearer <admin token>`.
 //! The public listener never routes here.
 
+mod dashboard;
 mod tasks;
 
 use crate::body::ResponseBody;
@@ -26,6 +28,8 @@ pub async fn handle(
     let mut resp = if authed && req.method() == Method::POST && req.uri().path() == "/admin/reload"
     {
         reload(gw.clone(), rid.as_str()).await
+    } else if authed && req.method() == Method::GET && req.uri().path() == "/admin/overview" {
+        dashboard::overview(&gw).await
     } else if authed && (req.uri().path() == "/tasks" || req.uri().path().starts_with("/tasks/")) {
         tasks::handle(
             &gw,
@@ -52,6 +56,7 @@ fn route(gw: &Gateway, req: &Request<Incoming>, rid: &str) -> Response<ResponseB
         (&Method::GET, "/healthz") => {
             return json_response(StatusCode::OK, json!({"status": "ok"}));
         }
+        (&Method::GET, "/" | "/dashboard") => return dashboard::page(),
         (&Method::GET, "/readyz") => {
             return if gw.ready.load(Ordering::Relaxed) {
                 json_response(
@@ -144,6 +149,9 @@ fn route(gw: &Gateway, req: &Request<Incoming>, rid: &str) -> Response<ResponseB
         (
             _,
             ["metrics"]
+            | [""]
+            | ["dashboard"]
+            | ["admin", "overview"]
             | ["admin", "functions"]
             | ["admin", "reload"]
             | ["admin", "gpus"]

@@ -45,6 +45,11 @@ pub async fn handle(
             Err(e) => Err(e),
         },
         (&Method::POST, ["tasks", id, "stop"]) => d.store.stop(id).await.map(|s| {
+            if s.previous != TaskState::Stopped {
+                metrics::counter!(crate::telemetry::ASYNC_STOPPED, "function" => s.task.function.clone())
+                    .increment(1);
+            }
+            // Aborted here; with a shared (NATS) queue the gateway running it aborts it too.
             let aborted = s.previous == TaskState::Running && d.abort(id);
             (
                 StatusCode::OK,
@@ -164,7 +169,7 @@ fn task_json(t: &Task) -> serde_json::Value {
     })
 }
 
-fn base64(data: &[u8]) -> String {
+pub(super) fn base64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {

@@ -63,6 +63,17 @@ pub const DEFAULT_ASYNC_MAX_CONCURRENCY: u32 = 8;
 pub const DEFAULT_ASYNC_MAX_PAYLOAD: u64 = 6 * 1024 * 1024;
 pub const DEFAULT_TASK_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const QUEUE_FILE: &str = "queue.sqlite";
+pub const DEFAULT_EVENT_MAX_BODY: u64 = 4 * 1024 * 1024;
+pub const MAX_EVENT_MAX_BODY: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_EVENT_MAX_RECORDS: usize = 1000;
+/// Also the hard cap while parsing: a body never allocates more records than this.
+pub const MAX_EVENT_MAX_RECORDS: usize = 10_000;
+pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(3600);
+pub const DEFAULT_HMAC_WINDOW: Duration = Duration::from_secs(300);
+pub const MAX_HMAC_WINDOW: Duration = Duration::from_secs(3600);
+/// Shortest accepted webhook secret (bearer token or HMAC key).
+pub const MIN_EVENT_SECRET_BYTES: usize = 16;
+pub const DEFAULT_AMQP_PREFETCH: u16 = 64;
 /// Environment variables an instance gets from fngate's own environment without asking.
 pub const BASE_ENV: &[&str] = &["PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR"];
 
@@ -119,13 +130,132 @@ pub struct Config {
     /// The account's cap on physical GPU cards in use.
     pub gpu_cards_max: u32,
     pub queue: QueueSpec,
+    /// `[[event_source]]`s, in file order.
+    pub event_sources: Vec<EventSourceSpec>,
+    /// `kind = "oss"` triggers, in file order (HTTP triggers are in `triggers`).
+    pub oss_triggers: Vec<OssTriggerSpec>,
+}
+
+/// Where object-storage notifications come from (`[[event_source]]`).
+#[derive(Debug, Clone)]
+pub struct EventSourceSpec {
+    /// Used in `POST /events/{name}`, in metric labels and as the event's `source`.
+    pub name: String,
+    pub kind: EventSourceKind,
+    /// Largest notification body (a webhook request or a broker message).
+    pub max_body: u64,
+    /// Most records one notification may carry.
+    pub max_records: usize,
+    /// How long a redelivered event is guaranteed to be recognised (task records are kept for
+    /// `[queue] retention` after they finish; validation refuses a longer window).
+    pub dedupe_window: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum EventSourceKind {
+    /// `POST /events/{name}` on the public listener.
+    Webhook { auth: WebhookAuth },
+    /// A NATS subject; with `jetstream`, a durable consumer of that stream. Consumed by the
+    /// broker ingestion runtime (not part of `crate::events`).
+    Nats {
+        url: String,
+        subject: String,
+        jetstream: Option<JetStreamConsumer>,
+    },
+    /// An AMQP 0-9-1 queue (RabbitMQ). Consumed by the broker ingestion runtime.
+    Amqp {
+        url: String,
+        queue: String,
+        prefetch: u16,
+    },
+}
+
+impl EventSourceKind {
+    pub fn label(&self) -> &'static str {
+        match self {
+            EventSourceKind::Webhook { .. } => "webhook",
+            EventSourceKind::Nats { .. } => "nats",
+            EventSourceKind::Amqp { .. } => "amqp",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JetStreamConsumer {
+    pub stream: String,
+    /// Durable consumer name.
+    pub consumer: String,
+}
+
+/// How a webhook sender proves itself.
+#[derive(Debug, Clone)]
+pub enum WebhookAuth {
+    /// Only with an explicit `auth = "anonymous"`.
+    Anonymous,
+    /// `Authorization: Bearer <token>`, or HTTP Basic with the token as the password (for
+    /// senders that can only put credentials in the URL).
+    Bearer(Secret),
+    /// `x-fngate-signature: sha256=<hex HMAC-SHA256 of "{timestamp}.{body}">` with
+    /// `x-fngate-timestamp: <unix seconds>` within `window` of fngate's clock.
+    Hmac { secret: Secret, window: Duration },
+}
+
+/// A `kind = "oss"` trigger: which events of a source run which function.
+#[derive(Debug, Clone)]
+pub struct OssTriggerSpec {
+    pub name: String,
+    /// Index into `Config::functions`.
+    pub function: usize,
+    /// Index into `Config::event_sources`.
+    pub source: usize,
+    /// Event-name patterns without any `s3:`/`oss:` prefix; `*` matches any run of characters.
+    pub events: Vec<String>,
+    pub bucket: Option<String>,
+    pub prefix: Option<String>,
+    pub suffix: Option<String>,
+    /// Indexes into `Config::plugins`, applied in order (`on-event`).
+    pub plugins: Vec<usize>,
+    pub priority: i32,
 }
 
 /// The async queue: the embedded store's file and how long finished tasks are kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueSpec {
+    /// The embedded store's file (unused with NATS).
     pub path: PathBuf,
     pub retention: Duration,
+    pub kind: QueueKind,
+}
+
+/// Where tasks live: `[queue] kind`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueKind {
+    /// A SQLite file in data_dir, owned by one gateway.
+    Embedded,
+    /// A NATS JetStream work-queue stream and key-value bucket, shared by every gateway
+    /// configured with the same URL and stream.
+    Nats { url: String, stream: String },
+}
+
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+pub const DEFAULT_NATS_STREAM: &str = "FNGATE";
+
+/// Where a destination record goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// POSTed as JSON.
+    Http(http::Uri),
+    /// Published on this subject through the NATS queue's connection (`nats:SUBJECT`).
+    Nats(String),
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Http(u) => write!(f, "{u}"),
+            Destination::Nats(s) => write!(f, "nats:{s}"),
+        }
+    }
 }
 
 /// How a function's async invocations run.
@@ -133,8 +263,8 @@ pub struct QueueSpec {
 pub struct AsyncSpec {
     pub max_retries: u32,
     pub max_event_age: Duration,
-    pub on_success: Option<http::Uri>,
-    pub on_failure: Option<http::Uri>,
+    pub on_success: Option<Destination>,
+    pub on_failure: Option<Destination>,
     pub max_concurrency: u32,
     pub max_payload: u64,
 }

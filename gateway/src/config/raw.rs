@@ -21,7 +21,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub trigger: Vec<RawTrigger>,
     #[serde(default)]
-    pub event_source: Vec<toml::Value>,
+    pub event_source: Vec<RawEventSource>,
     #[serde(default)]
     pub plugin: Vec<RawPlugin>,
     pub telemetry: Option<RawTelemetry>,
@@ -229,12 +229,38 @@ pub struct RawTrigger {
     pub strip_prefix: Option<bool>,
     pub plugins: Option<Vec<String>>,
     pub invocation: Option<String>,
-    // oss trigger keys, refused until object-storage triggers land
-    pub source: Option<toml::Value>,
-    pub events: Option<toml::Value>,
-    pub prefix: Option<toml::Value>,
-    pub suffix: Option<toml::Value>,
-    pub bucket: Option<toml::Value>,
+    // oss trigger keys
+    /// The `[[event_source]]` whose events the trigger sees.
+    pub source: Option<String>,
+    /// Event-name patterns with `*` wildcards (`ObjectCreated:*`).
+    pub events: Option<Vec<String>>,
+    pub prefix: Option<String>,
+    pub suffix: Option<String>,
+    pub bucket: Option<String>,
+    /// Queue priority of the trigger's tasks (a plugin may override it).
+    pub priority: Option<i64>,
+}
+
+/// One `[[event_source]]`: where object-storage notifications come from. Keys of the other kinds
+/// are accepted by serde and refused with their path in validation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEventSource {
+    pub name: Option<String>,
+    pub kind: Option<String>,
+    /// webhook: `"anonymous"`, `{ bearer = { env = "…" } }` or `{ hmac = { env = "…" }, window = "5m" }`;
+    /// parsed in validation so a mistake gets a message that names the accepted forms.
+    pub auth: Option<toml::Value>,
+    pub max_body: Option<SizeValue>,
+    pub max_records: Option<u64>,
+    pub dedupe_window: Option<String>,
+    // nats / amqp
+    pub url: Option<String>,
+    pub subject: Option<String>,
+    pub stream: Option<String>,
+    pub consumer: Option<String>,
+    pub queue: Option<String>,
+    pub prefetch: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -47,6 +47,8 @@ struct Ctx<'a> {
     problems: Vec<Problem>,
     base: &'a Path,
     env: &'a dyn Fn(&str) -> Option<String>,
+    /// `[queue] kind = "nats"`: NATS subjects are valid destinations.
+    nats_queue: bool,
 }
 
 impl Ctx<'_> {
@@ -228,6 +230,7 @@ pub(super) fn compile(
         problems: Vec::new(),
         base,
         env,
+        nats_queue: false,
     };
 
     let gpus = compile_gpus(&mut cx, &raw.gpu);
@@ -240,6 +243,7 @@ pub(super) fn compile(
     ) as u32;
     // Capabilities that later releases implement: refused by name, never silently ignored.
     let queue_raw = raw.queue.as_ref();
+    let mut queue_kind = QueueKind::Embedded;
     match queue_raw.and_then(|q| q.kind.as_deref()) {
         None | Some("embedded") => {
             for (key, present) in [
@@ -254,10 +258,37 @@ pub(super) fn compile(
                 }
             }
         }
-        Some("nats") => cx.unsupported(
-            "queue.kind",
-            "the NATS JetStream queue; use kind = \"embedded\"",
-        ),
+        Some("nats") => {
+            let url = queue_raw
+                .and_then(|q| q.url.clone())
+                .unwrap_or_else(|| DEFAULT_NATS_URL.to_owned());
+            if !(url.starts_with("nats://") || url.starts_with("tls://"))
+                || url.len() <= "nats://".len()
+            {
+                cx.err(
+                    "queue.url",
+                    format!("`{url}`: expected nats://HOST:PORT or tls://HOST:PORT"),
+                );
+            }
+            let stream = queue_raw
+                .and_then(|q| q.stream.clone())
+                .unwrap_or_else(|| DEFAULT_NATS_STREAM.to_owned());
+            if stream.is_empty()
+                || stream.len() > 32
+                || !stream
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                cx.err(
+                    "queue.stream",
+                    format!(
+                        "`{stream}`: a stream name is 1 to 32 letters, digits, `_` and `-` (it prefixes subjects and names the task bucket)"
+                    ),
+                );
+            }
+            queue_kind = QueueKind::Nats { url, stream };
+            cx.nats_queue = true;
+        }
         Some(other) => cx.err(
             "queue.kind",
             format!("`{other}`: expected \"embedded\" or \"nats\""),
@@ -269,9 +300,7 @@ pub(super) fn compile(
         DEFAULT_TASK_RETENTION,
         Duration::from_secs(365 * 24 * 3600),
     );
-    if !raw.event_source.is_empty() {
-        cx.unsupported("event_source", "object-storage event sources");
-    }
+    let event_sources = compile_event_sources(&mut cx, &raw.event_source, retention);
     let mut plugins: Vec<PluginSpec> = Vec::new();
     for (pi, p) in raw.plugin.iter().enumerate() {
         if let Some(spec) = compile_plugin(&mut cx, &format!("plugin[{pi}]"), p) {
@@ -326,6 +355,15 @@ pub(super) fn compile(
                 );
                 continue;
             }
+            Some(n) if n == EVENTS_ROUTE_SEGMENT => {
+                cx.err(
+                    format!("{sp}.name"),
+                    format!(
+                        "`{n}` is reserved: /{n}/{{source}} is the object-storage webhook route"
+                    ),
+                );
+                continue;
+            }
             Some(n) => n.clone(),
         };
         if !service_names.insert(sname.clone()) {
@@ -363,10 +401,25 @@ pub(super) fn compile(
     }
 
     let mut triggers = Vec::new();
+    let mut oss_triggers = Vec::new();
     let mut trigger_names = HashSet::new();
     let mut routes_seen: HashMap<RouteKey, Vec<TriggerMethods>> = HashMap::new();
     for (ti, t) in raw.trigger.iter().enumerate() {
         let tp = format!("trigger[{ti}]");
+        if t.kind.as_deref() == Some("oss") {
+            let Some(spec) = compile_oss_trigger(&mut cx, &tp, t, &by_id, &plugins, &event_sources)
+            else {
+                continue;
+            };
+            if !trigger_names.insert(spec.name.clone()) {
+                cx.err(
+                    format!("{tp}.name"),
+                    format!("trigger `{}` is defined twice", spec.name),
+                );
+            }
+            oss_triggers.push(spec);
+            continue;
+        }
         if let Some(spec) = compile_trigger(&mut cx, &tp, t, &by_id, &plugins) {
             if !trigger_names.insert(spec.name.clone()) {
                 cx.err(
@@ -401,6 +454,7 @@ pub(super) fn compile(
             .map(|s| s.data_dir.join(QUEUE_FILE))
             .unwrap_or_default(),
         retention,
+        kind: queue_kind,
     };
     if cx.problems.is_empty() {
         Ok(Config {
@@ -413,6 +467,8 @@ pub(super) fn compile(
             gpus,
             gpu_cards_max,
             queue,
+            event_sources,
+            oss_triggers,
         })
     } else {
         Err(cx.problems)
@@ -662,19 +718,41 @@ fn compile_function(
 fn compile_async(cx: &mut Ctx<'_>, ap: &str, raw: Option<&RawAsync>, max_body: u64) -> AsyncSpec {
     let empty = RawAsync::default();
     let r = raw.unwrap_or(&empty);
-    let mut dest = |key: &str, v: &Option<String>| -> Option<http::Uri> {
+    let mut dest = |key: &str, v: &Option<String>| -> Option<Destination> {
         let text = v.as_ref()?;
+        if let Some(subject) = text.strip_prefix("nats:") {
+            let valid = !subject.is_empty()
+                && subject.len() <= 256
+                && subject
+                    .split('.')
+                    .all(|t| !t.is_empty() && !t.contains(['*', '>', ' ', '\t', '\r', '\n']));
+            if !valid {
+                cx.err(
+                    format!("{ap}.{key}"),
+                    format!("`{text}`: a NATS destination is \"nats:SUBJECT\" with a literal subject (tokens separated by `.`, no wildcards or spaces)"),
+                );
+                return None;
+            }
+            if !cx.nats_queue {
+                cx.err(
+                    format!("{ap}.{key}"),
+                    format!("`{text}`: NATS destinations need [queue] kind = \"nats\" (its connection publishes them)"),
+                );
+                return None;
+            }
+            return Some(Destination::Nats(subject.to_owned()));
+        }
         match text.parse::<http::Uri>() {
             Ok(u)
                 if matches!(u.scheme_str(), Some("http"))
                     && u.authority().is_some_and(|a| a.port_u16().is_some()) =>
             {
-                Some(u)
+                Some(Destination::Http(u))
             }
             _ => {
                 cx.err(
                     format!("{ap}.{key}"),
-                    format!("`{text}` is not a URL like \"http://127.0.0.1:9100/hook\" (http, explicit port)"),
+                    format!("`{text}` is not a URL like \"http://127.0.0.1:9100/hook\" (http, explicit port) or \"nats:SUBJECT\""),
                 );
                 None
             }
@@ -1225,11 +1303,7 @@ fn compile_trigger(
     };
     match t.kind.as_deref() {
         Some("http") => {}
-        Some("oss") => {
-            cx.unsupported(format!("{tp}.kind"), "object-storage (oss) triggers");
-            return None;
-        }
-        Some(other) => {
+        Some(other) if other != "oss" => {
             cx.err(
                 format!("{tp}.kind"),
                 format!("unknown trigger kind `{other}`; expected \"http\" or \"oss\""),
@@ -1237,9 +1311,14 @@ fn compile_trigger(
             return None;
         }
         None => {
-            cx.err(format!("{tp}.kind"), "missing; expected \"http\"");
+            cx.err(
+                format!("{tp}.kind"),
+                "missing; expected \"http\" or \"oss\"",
+            );
             return None;
         }
+        // Compiled by `compile_oss_trigger`; the caller never sends one here.
+        Some(_) => return None,
     }
     for (key, present) in [
         ("source", t.source.is_some()),
@@ -1247,35 +1326,13 @@ fn compile_trigger(
         ("prefix", t.prefix.is_some()),
         ("suffix", t.suffix.is_some()),
         ("bucket", t.bucket.is_some()),
+        ("priority", t.priority.is_some()),
     ] {
         if present {
             cx.err(format!("{tp}.{key}"), "only oss triggers take this key");
         }
     }
-    let mut plugins = Vec::new();
-    let names = t.plugins.as_deref().unwrap_or(&[]);
-    if names.len() > MAX_PLUGINS_PER_TRIGGER {
-        cx.err(
-            format!("{tp}.plugins"),
-            format!(
-                "{} plugins; a chain has at most {MAX_PLUGINS_PER_TRIGGER}",
-                names.len()
-            ),
-        );
-    }
-    for (i, n) in names.iter().enumerate() {
-        match known_plugins.iter().position(|p| &p.name == n) {
-            Some(idx) if plugins.contains(&idx) => cx.err(
-                format!("{tp}.plugins[{i}]"),
-                format!("plugin `{n}` is listed twice"),
-            ),
-            Some(idx) => plugins.push(idx),
-            None => cx.err(
-                format!("{tp}.plugins[{i}]"),
-                format!("no [[plugin]] named `{n}`"),
-            ),
-        }
-    }
+    let plugins = compile_chain(cx, tp, t.plugins.as_deref(), known_plugins);
     match t.invocation.as_deref() {
         None | Some("sync") => {}
         Some("async") => {}
@@ -1315,6 +1372,13 @@ fn compile_trigger(
             cx.err(
                 format!("{tp}.path"),
                 format!("`{p}` must be a plain path prefix (no `?`, `#`, `*` or `//`)"),
+            );
+            None
+        }
+        Some(p) if p == "/events" || p.starts_with("/events/") => {
+            cx.err(
+                format!("{tp}.path"),
+                format!("`{p}`: /events/{{source}} is reserved for object-storage webhooks"),
             );
             None
         }
@@ -1419,6 +1483,519 @@ fn compile_trigger(
             .max()
             .unwrap_or(0),
         plugins,
+    })
+}
+
+/// The first path segment of `POST /events/{source}`; no service may take it.
+const EVENTS_ROUTE_SEGMENT: &str = "events";
+
+const AUTH_FORMS: &str = "expected { bearer = { env = \"VAR\" } } (or file = \"path\"), { hmac = { env = \"VAR\" }, window = \"5m\" }, or \"anonymous\"";
+
+/// A trigger's `plugins` list: names resolved to indexes into `known_plugins`, in order.
+fn compile_chain(
+    cx: &mut Ctx<'_>,
+    tp: &str,
+    names: Option<&[String]>,
+    known_plugins: &[PluginSpec],
+) -> Vec<usize> {
+    let names = names.unwrap_or(&[]);
+    let mut plugins = Vec::new();
+    if names.len() > MAX_PLUGINS_PER_TRIGGER {
+        cx.err(
+            format!("{tp}.plugins"),
+            format!(
+                "{} plugins; a chain has at most {MAX_PLUGINS_PER_TRIGGER}",
+                names.len()
+            ),
+        );
+    }
+    for (i, n) in names.iter().enumerate() {
+        match known_plugins.iter().position(|p| &p.name == n) {
+            Some(idx) if plugins.contains(&idx) => cx.err(
+                format!("{tp}.plugins[{i}]"),
+                format!("plugin `{n}` is listed twice"),
+            ),
+            Some(idx) => plugins.push(idx),
+            None => cx.err(
+                format!("{tp}.plugins[{i}]"),
+                format!("no [[plugin]] named `{n}`"),
+            ),
+        }
+    }
+    plugins
+}
+
+fn compile_event_sources(
+    cx: &mut Ctx<'_>,
+    raw: &[RawEventSource],
+    retention: Duration,
+) -> Vec<EventSourceSpec> {
+    let mut out: Vec<EventSourceSpec> = Vec::new();
+    for (i, r) in raw.iter().enumerate() {
+        let ep = format!("event_source[{i}]");
+        if let Some(spec) = compile_event_source(cx, &ep, r, retention) {
+            if out.iter().any(|s| s.name == spec.name) {
+                cx.err(
+                    format!("{ep}.name"),
+                    format!("event source `{}` is defined twice", spec.name),
+                );
+                continue;
+            }
+            out.push(spec);
+        }
+    }
+    out
+}
+
+fn compile_event_source(
+    cx: &mut Ctx<'_>,
+    ep: &str,
+    r: &RawEventSource,
+    retention: Duration,
+) -> Option<EventSourceSpec> {
+    let name = match &r.name {
+        None => {
+            cx.err(format!("{ep}.name"), "missing");
+            None
+        }
+        Some(n) if !valid_name(n) => {
+            cx.err(
+                format!("{ep}.name"),
+                format!(
+                    "`{n}` is not a valid name: {NAME_RULE} (it becomes the path /events/{{name}})"
+                ),
+            );
+            None
+        }
+        Some(n) => Some(n.clone()),
+    };
+    let max_body = cx.size(
+        format!("{ep}.max_body"),
+        &r.max_body,
+        DEFAULT_EVENT_MAX_BODY,
+        1024,
+        MAX_EVENT_MAX_BODY,
+    );
+    let max_records = cx.count(
+        format!("{ep}.max_records"),
+        r.max_records,
+        DEFAULT_EVENT_MAX_RECORDS as u64,
+        1,
+        MAX_EVENT_MAX_RECORDS as u64,
+    ) as usize;
+    let dedupe_window = cx.duration(
+        format!("{ep}.dedupe_window"),
+        &r.dedupe_window,
+        DEFAULT_DEDUPE_WINDOW,
+        Duration::from_secs(365 * 24 * 3600),
+    );
+    if dedupe_window > retention {
+        cx.err(
+            format!("{ep}.dedupe_window"),
+            format!(
+                "{} is longer than [queue] retention ({}): redeliveries are recognised by their task records, which are deleted after retention; raise retention or shorten the window",
+                format_duration(dedupe_window),
+                format_duration(retention)
+            ),
+        );
+    }
+    // Keys that belong to another kind are refused by name.
+    let present = |key: &str| match key {
+        "auth" => r.auth.is_some(),
+        "url" => r.url.is_some(),
+        "subject" => r.subject.is_some(),
+        "stream" => r.stream.is_some(),
+        "consumer" => r.consumer.is_some(),
+        "queue" => r.queue.is_some(),
+        "prefetch" => r.prefetch.is_some(),
+        _ => false,
+    };
+    let only = |cx: &mut Ctx<'_>, keys: &[&str], kind: &str| {
+        for key in keys {
+            if present(key) {
+                cx.err(
+                    format!("{ep}.{key}"),
+                    format!("only kind = \"{kind}\" sources take this key"),
+                );
+            }
+        }
+    };
+    let kind = match r.kind.as_deref() {
+        Some("webhook") => {
+            only(cx, &["url", "subject", "stream", "consumer"], "nats");
+            only(cx, &["queue", "prefetch"], "amqp");
+            let auth = compile_webhook_auth(cx, ep, r.auth.as_ref());
+            EventSourceKind::Webhook { auth: auth? }
+        }
+        Some("nats") => {
+            only(cx, &["auth"], "webhook");
+            only(cx, &["queue", "prefetch"], "amqp");
+            let url = required(cx, ep, "url", &r.url, "nats://HOST:PORT");
+            if let Some(u) = &url
+                && (!(u.starts_with("nats://") || u.starts_with("tls://"))
+                    || u.len() <= "nats://".len())
+            {
+                cx.err(
+                    format!("{ep}.url"),
+                    format!("`{u}`: expected nats://HOST:PORT or tls://HOST:PORT"),
+                );
+            }
+            let subject = required(
+                cx,
+                ep,
+                "subject",
+                &r.subject,
+                "a subject such as \"s3.events\"",
+            );
+            if let Some(sub) = &subject
+                && !valid_nats_subject(sub)
+            {
+                cx.err(
+                    format!("{ep}.subject"),
+                    format!("`{sub}`: a NATS subject is tokens separated by `.`, without spaces; `*` is a whole token, `>` only the last"),
+                );
+            }
+            let jetstream = match (&r.stream, &r.consumer) {
+                (None, None) => None,
+                (Some(stream), Some(consumer)) => {
+                    for (key, v) in [("stream", stream), ("consumer", consumer)] {
+                        if v.is_empty()
+                            || v.len() > 32
+                            || !v
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                        {
+                            cx.err(
+                                format!("{ep}.{key}"),
+                                format!("`{v}`: 1 to 32 letters, digits, `_` and `-`"),
+                            );
+                        }
+                    }
+                    Some(JetStreamConsumer {
+                        stream: stream.clone(),
+                        consumer: consumer.clone(),
+                    })
+                }
+                (Some(_), None) => {
+                    cx.err(
+                        format!("{ep}.consumer"),
+                        "missing: a JetStream stream needs a durable consumer name",
+                    );
+                    None
+                }
+                (None, Some(_)) => {
+                    cx.err(
+                        format!("{ep}.stream"),
+                        "missing: a durable consumer needs the JetStream stream it reads",
+                    );
+                    None
+                }
+            };
+            EventSourceKind::Nats {
+                url: url?,
+                subject: subject?,
+                jetstream,
+            }
+        }
+        Some("amqp") => {
+            only(cx, &["auth"], "webhook");
+            only(cx, &["subject", "stream", "consumer"], "nats");
+            let url = required(cx, ep, "url", &r.url, "amqp://HOST:PORT/VHOST");
+            if let Some(u) = &url
+                && !((u.starts_with("amqp://") && u.len() > "amqp://".len())
+                    || (u.starts_with("amqps://") && u.len() > "amqps://".len()))
+            {
+                cx.err(
+                    format!("{ep}.url"),
+                    format!("`{u}`: expected amqp://HOST:PORT/VHOST or amqps://…"),
+                );
+            }
+            let queue = required(cx, ep, "queue", &r.queue, "the queue name to consume");
+            if let Some(q) = &queue
+                && (q.is_empty() || q.len() > 255)
+            {
+                cx.err(
+                    format!("{ep}.queue"),
+                    "an AMQP queue name is 1 to 255 bytes",
+                );
+            }
+            let prefetch = cx.count(
+                format!("{ep}.prefetch"),
+                r.prefetch,
+                DEFAULT_AMQP_PREFETCH as u64,
+                1,
+                u16::MAX as u64,
+            ) as u16;
+            EventSourceKind::Amqp {
+                url: url?,
+                queue: queue?,
+                prefetch,
+            }
+        }
+        Some(other) => {
+            cx.err(
+                format!("{ep}.kind"),
+                format!("`{other}`: expected \"webhook\", \"nats\" or \"amqp\""),
+            );
+            return None;
+        }
+        None => {
+            cx.err(
+                format!("{ep}.kind"),
+                "missing; expected \"webhook\", \"nats\" or \"amqp\"",
+            );
+            return None;
+        }
+    };
+    Some(EventSourceSpec {
+        name: name?,
+        kind,
+        max_body,
+        max_records,
+        dedupe_window,
+    })
+}
+
+fn required(
+    cx: &mut Ctx<'_>,
+    ep: &str,
+    key: &str,
+    v: &Option<String>,
+    hint: &str,
+) -> Option<String> {
+    match v {
+        Some(v) => Some(v.clone()),
+        None => {
+            cx.err(format!("{ep}.{key}"), format!("missing; {hint}"));
+            None
+        }
+    }
+}
+
+/// A subject to subscribe to: literal tokens, `*` tokens, and `>` as the last token.
+fn valid_nats_subject(s: &str) -> bool {
+    let tokens: Vec<&str> = s.split('.').collect();
+    !s.is_empty()
+        && s.len() <= 256
+        && tokens.iter().enumerate().all(|(i, t)| {
+            !t.is_empty()
+                && !t.contains([' ', '\t', '\r', '\n'])
+                && (!t.contains('*') || *t == "*")
+                && (!t.contains('>') || (*t == ">" && i == tokens.len() - 1))
+        })
+}
+
+/// `auth` of a webhook source: required, so an open webhook is always a written decision.
+fn compile_webhook_auth(
+    cx: &mut Ctx<'_>,
+    ep: &str,
+    v: Option<&toml::Value>,
+) -> Option<WebhookAuth> {
+    let ap = format!("{ep}.auth");
+    let secret = |cx: &mut Ctx<'_>, key: &str, v: &toml::Value| -> Option<Secret> {
+        let parsed: Result<RawSecret, _> = v.clone().try_into();
+        let s = match parsed {
+            Ok(raw) => cx.secret(&format!("{ap}.{key}"), &raw)?,
+            Err(e) => {
+                cx.err(format!("{ap}.{key}"), one_line(&e.to_string()));
+                return None;
+            }
+        };
+        if s.value.len() < MIN_EVENT_SECRET_BYTES {
+            cx.err(
+                format!("{ap}.{key}"),
+                format!(
+                    "the secret from {} is {} bytes; use at least {MIN_EVENT_SECRET_BYTES} (e.g. `openssl rand -hex 32`)",
+                    s.source,
+                    s.value.len()
+                ),
+            );
+            return None;
+        }
+        Some(s)
+    };
+    match v {
+        None => {
+            cx.err(ap, format!("missing; {AUTH_FORMS}"));
+            None
+        }
+        Some(toml::Value::String(s)) if s == "anonymous" => Some(WebhookAuth::Anonymous),
+        Some(toml::Value::Table(t)) if t.len() == 1 && t.contains_key("bearer") => {
+            secret(cx, "bearer", &t["bearer"]).map(WebhookAuth::Bearer)
+        }
+        Some(toml::Value::Table(t))
+            if t.contains_key("hmac") && t.keys().all(|k| k == "hmac" || k == "window") =>
+        {
+            let window = match t.get("window") {
+                None => DEFAULT_HMAC_WINDOW,
+                Some(toml::Value::String(w)) => cx.duration(
+                    format!("{ap}.window"),
+                    &Some(w.clone()),
+                    DEFAULT_HMAC_WINDOW,
+                    MAX_HMAC_WINDOW,
+                ),
+                Some(other) => {
+                    cx.err(
+                        format!("{ap}.window"),
+                        format!("`{other}`: a duration such as \"5m\""),
+                    );
+                    DEFAULT_HMAC_WINDOW
+                }
+            };
+            secret(cx, "hmac", &t["hmac"]).map(|secret| WebhookAuth::Hmac { secret, window })
+        }
+        Some(toml::Value::Table(t)) if t.contains_key("window") && t.contains_key("bearer") => {
+            cx.err(
+                format!("{ap}.window"),
+                "only hmac auth takes a window (bearer tokens carry no timestamp)",
+            );
+            None
+        }
+        Some(other) => {
+            cx.err(ap, format!("`{other}`: {AUTH_FORMS}"));
+            None
+        }
+    }
+}
+
+fn compile_oss_trigger(
+    cx: &mut Ctx<'_>,
+    tp: &str,
+    t: &RawTrigger,
+    by_id: &HashMap<String, usize>,
+    known_plugins: &[PluginSpec],
+    sources: &[EventSourceSpec],
+) -> Option<OssTriggerSpec> {
+    let name = match &t.name {
+        Some(n) if !n.is_empty() => Some(n.clone()),
+        _ => {
+            cx.err(format!("{tp}.name"), "missing");
+            None
+        }
+    };
+    for (key, present) in [
+        ("path", t.path.is_some()),
+        ("host", t.host.is_some()),
+        ("methods", t.methods.is_some()),
+        ("auth", t.auth.is_some()),
+        ("strip_prefix", t.strip_prefix.is_some()),
+        ("invocation", t.invocation.is_some()),
+    ] {
+        if present {
+            cx.err(
+                format!("{tp}.{key}"),
+                "only http triggers take this key (oss triggers always run async; auth belongs to the [[event_source]])",
+            );
+        }
+    }
+    let function = match &t.function {
+        None => {
+            cx.err(
+                format!("{tp}.function"),
+                "missing; write \"service/function\"",
+            );
+            None
+        }
+        Some(f) => match by_id.get(f) {
+            Some(i) => Some(*i),
+            None => {
+                cx.err(
+                    format!("{tp}.function"),
+                    format!("no function `{f}` is defined (write \"service/function\")"),
+                );
+                None
+            }
+        },
+    };
+    let source = match &t.source {
+        None => {
+            cx.err(
+                format!("{tp}.source"),
+                "missing; name the [[event_source]] whose events this trigger sees",
+            );
+            None
+        }
+        Some(s) => match sources.iter().position(|x| &x.name == s) {
+            Some(i) => Some(i),
+            None => {
+                cx.err(
+                    format!("{tp}.source"),
+                    format!("no [[event_source]] named `{s}`"),
+                );
+                None
+            }
+        },
+    };
+    let events = match &t.events {
+        None => vec!["*".to_string()],
+        Some(list) if list.is_empty() => {
+            cx.err(
+                format!("{tp}.events"),
+                "empty; leave it out to match every event",
+            );
+            vec![]
+        }
+        Some(list) => {
+            let mut out = Vec::with_capacity(list.len());
+            for (i, p) in list.iter().enumerate() {
+                let bare = crate::events::strip_event_prefix(p);
+                if bare.is_empty()
+                    || bare.len() > 128
+                    || !bare.bytes().all(|b| b.is_ascii_graphic())
+                {
+                    cx.err(
+                        format!("{tp}.events[{i}]"),
+                        format!("`{p}`: an event-name pattern such as \"ObjectCreated:*\" (printable ASCII, at most 128 bytes, `*` matches anything)"),
+                    );
+                } else {
+                    out.push(bare.to_string());
+                }
+            }
+            out
+        }
+    };
+    let mut text = |key: &str, v: &Option<String>, max: usize| -> Option<String> {
+        let v = v.as_ref()?;
+        if v.is_empty() {
+            cx.err(format!("{tp}.{key}"), "empty; leave it out to match any");
+            None
+        } else if v.len() > max {
+            cx.err(
+                format!("{tp}.{key}"),
+                format!("{} bytes; at most {max}", v.len()),
+            );
+            None
+        } else {
+            Some(v.clone())
+        }
+    };
+    let bucket = text("bucket", &t.bucket, 255);
+    let prefix = text("prefix", &t.prefix, 1024);
+    let suffix = text("suffix", &t.suffix, 1024);
+    let priority = match t.priority {
+        None => 0,
+        Some(p) => match i32::try_from(p) {
+            Ok(p) => p,
+            Err(_) => {
+                cx.err(
+                    format!("{tp}.priority"),
+                    format!("{p} is outside {}..={}", i32::MIN, i32::MAX),
+                );
+                0
+            }
+        },
+    };
+    let plugins = compile_chain(cx, tp, t.plugins.as_deref(), known_plugins);
+    Some(OssTriggerSpec {
+        name: name?,
+        function: function?,
+        source: source?,
+        events,
+        bucket,
+        prefix,
+        suffix,
+        plugins,
+        priority,
     })
 }
 
@@ -1649,7 +2226,7 @@ function = "svc/a"
             "trigger[0].path: `no-slash` must start with `/`",
             "trigger[0].methods[0]: `FETCH!` is not an HTTP method",
             "trigger[0].auth: `\"password\"`: expected \"anonymous\"",
-            "trigger[1].kind: not supported by this build yet (object-storage (oss) triggers)",
+            "trigger[1].source: missing; name the [[event_source]] whose events this trigger sees",
         ];
         for e in expect {
             assert!(
@@ -1804,9 +2381,375 @@ methods = ["POST"]
     }
 
     #[test]
+    fn nats_queue_and_destinations() {
+        let ok = format!(
+            "{GOOD}\n[queue]\nkind = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nstream = \"JOBS\"\n"
+        );
+        let c = compile_with_env(&ok, &[("ECHO_TOKEN", "s3cret")]).expect("valid");
+        assert_eq!(
+            c.queue.kind,
+            QueueKind::Nats {
+                url: "nats://127.0.0.1:4222".into(),
+                stream: "JOBS".into()
+            }
+        );
+        let with_dest = ok.replace(
+            "timeout = \"30s\"",
+            "timeout = \"30s\"\nasync = { on_success = \"nats:results.echo\" }",
+        );
+        let c = compile_with_env(&with_dest, &[("ECHO_TOKEN", "s3cret")]).expect("valid");
+        assert_eq!(
+            c.functions[0].async_.on_success,
+            Some(Destination::Nats("results.echo".into()))
+        );
+        let p = problems(&format!(
+            "{GOOD}\n[queue]\nkind = \"nats\"\nurl = \"http://x\"\nstream = \"a.b\"\n"
+        ));
+        assert_eq!(
+            p,
+            [
+                "queue.url: `http://x`: expected nats://HOST:PORT or tls://HOST:PORT",
+                "queue.stream: `a.b`: a stream name is 1 to 32 letters, digits, `_` and `-` (it prefixes subjects and names the task bucket)",
+                "trigger[0].auth.bearer.env: environment variable ECHO_TOKEN is not set or empty",
+            ]
+        );
+        // NATS destinations need the NATS queue; wildcards are refused.
+        let embedded = GOOD.replace(
+            "timeout = \"30s\"",
+            "timeout = \"30s\"\nasync = { on_success = \"nats:results.echo\", on_failure = \"nats:bad.*\" }",
+        );
+        let p = problems(&embedded);
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(
+            p[0].contains("NATS destinations need [queue] kind = \"nats\""),
+            "{p:?}"
+        );
+        assert!(p[1].contains("no wildcards"), "{p:?}");
+    }
+
+    #[test]
     fn syntax_error_has_location() {
         let p = problems("[server\nlisten = 1");
         assert_eq!(p.len(), 1);
         assert!(p[0].contains("line 1"), "{}", p[0]);
+    }
+
+    const EVENTS: &str = r#"
+[queue]
+retention = "2h"
+
+[[service]]
+name = "media"
+[[service.function]]
+name = "thumb"
+backend = { kind = "static", endpoints = ["http://127.0.0.1:9001"] }
+[[service.function]]
+name = "index"
+backend = { kind = "static", endpoints = ["http://127.0.0.1:9002"] }
+
+[[plugin]]
+name = "router"
+path = "router.wasm"
+
+[[event_source]]
+name = "rgw"
+kind = "webhook"
+auth = { bearer = { env = "EVENT_TOKEN" } }
+
+[[event_source]]
+name = "signed"
+kind = "webhook"
+auth = { hmac = { env = "EVENT_KEY" }, window = "2m" }
+max_body = "1MiB"
+max_records = 50
+dedupe_window = "2h"
+
+[[event_source]]
+name = "open"
+kind = "webhook"
+auth = "anonymous"
+
+[[event_source]]
+name = "bus"
+kind = "nats"
+url = "nats://127.0.0.1:4222"
+subject = "s3.events.>"
+stream = "S3"
+consumer = "fngate"
+
+[[event_source]]
+name = "rabbit"
+kind = "amqp"
+url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+queue = "s3-events"
+
+[[trigger]]
+name = "thumbs"
+kind = "oss"
+function = "media/thumb"
+source = "rgw"
+events = ["s3:ObjectCreated:*", "ObjectRemoved:Delete"]
+bucket = "photos"
+prefix = "images/"
+suffix = ".png"
+plugins = ["router"]
+priority = 5
+
+[[trigger]]
+name = "everything"
+kind = "oss"
+function = "media/index"
+source = "bus"
+"#;
+
+    const TOKENS: &[(&str, &str)] = &[
+        ("EVENT_TOKEN", "0123456789abcdef0123"),
+        ("EVENT_KEY", "hmac-key-0123456789"),
+    ];
+
+    #[test]
+    fn event_sources_and_oss_triggers_compile() {
+        let c = compile_with_env(EVENTS, TOKENS).unwrap();
+        assert_eq!(c.event_sources.len(), 5);
+        let rgw = &c.event_sources[0];
+        assert_eq!(rgw.name, "rgw");
+        assert_eq!(rgw.max_body, DEFAULT_EVENT_MAX_BODY);
+        assert_eq!(rgw.max_records, DEFAULT_EVENT_MAX_RECORDS);
+        assert_eq!(rgw.dedupe_window, DEFAULT_DEDUPE_WINDOW);
+        assert!(
+            matches!(&rgw.kind, EventSourceKind::Webhook { auth: WebhookAuth::Bearer(s) } if s.value == b"0123456789abcdef0123")
+        );
+        let signed = &c.event_sources[1];
+        assert!(
+            matches!(&signed.kind, EventSourceKind::Webhook { auth: WebhookAuth::Hmac { window, .. } } if *window == Duration::from_secs(120))
+        );
+        assert_eq!(signed.max_body, 1 << 20);
+        assert_eq!(signed.max_records, 50);
+        assert_eq!(signed.dedupe_window, Duration::from_secs(7200));
+        assert!(matches!(
+            &c.event_sources[2].kind,
+            EventSourceKind::Webhook {
+                auth: WebhookAuth::Anonymous
+            }
+        ));
+        let EventSourceKind::Nats {
+            url,
+            subject,
+            jetstream,
+        } = &c.event_sources[3].kind
+        else {
+            panic!("not nats")
+        };
+        assert_eq!(url, "nats://127.0.0.1:4222");
+        assert_eq!(subject, "s3.events.>");
+        assert_eq!(
+            jetstream,
+            &Some(JetStreamConsumer {
+                stream: "S3".into(),
+                consumer: "fngate".into()
+            })
+        );
+        assert!(matches!(
+            &c.event_sources[4].kind,
+            EventSourceKind::Amqp { queue, prefetch: DEFAULT_AMQP_PREFETCH, .. } if queue == "s3-events"
+        ));
+
+        assert!(c.triggers.is_empty(), "oss triggers are not HTTP routes");
+        let t = &c.oss_triggers[0];
+        assert_eq!(t.name, "thumbs");
+        assert_eq!(c.functions[t.function].id, "media/thumb");
+        assert_eq!(t.source, 0);
+        assert_eq!(t.events, ["ObjectCreated:*", "ObjectRemoved:Delete"]);
+        assert_eq!(t.bucket.as_deref(), Some("photos"));
+        assert_eq!(t.prefix.as_deref(), Some("images/"));
+        assert_eq!(t.suffix.as_deref(), Some(".png"));
+        assert_eq!(t.plugins, [0]);
+        assert_eq!(t.priority, 5);
+        let all = &c.oss_triggers[1];
+        assert_eq!(all.events, ["*"]);
+        assert_eq!(all.source, 3);
+        assert_eq!(
+            (all.bucket.as_ref(), all.prefix.as_ref(), all.priority),
+            (None, None, 0)
+        );
+        assert!(!format!("{c:?}").contains("0123456789abcdef0123"));
+    }
+
+    #[test]
+    fn bad_event_sources() {
+        let text = r#"
+[queue]
+retention = "1h"
+[[event_source]]
+name = "no-auth"
+kind = "webhook"
+[[event_source]]
+name = "Bad Name"
+kind = "webhook"
+auth = "anonymous"
+[[event_source]]
+name = "short"
+kind = "webhook"
+auth = { bearer = { env = "SHORT" } }
+[[event_source]]
+name = "unset"
+kind = "webhook"
+auth = { hmac = { env = "NOPE" }, window = "2h" }
+[[event_source]]
+name = "mixed"
+kind = "webhook"
+auth = { bearer = { env = "LONG" }, window = "5m" }
+subject = "x"
+[[event_source]]
+name = "weird"
+kind = "webhook"
+auth = "password"
+max_body = "1GiB"
+max_records = 0
+dedupe_window = "2h"
+[[event_source]]
+name = "n"
+kind = "nats"
+url = "http://x"
+subject = "a..b"
+stream = "S"
+auth = "anonymous"
+[[event_source]]
+name = "n2"
+kind = "nats"
+subject = "a.>.b"
+consumer = "c"
+[[event_source]]
+name = "a"
+kind = "amqp"
+url = "amqp://h"
+prefetch = 0
+[[event_source]]
+name = "a"
+kind = "kafka"
+[[event_source]]
+name = "open"
+kind = "webhook"
+auth = "anonymous"
+"#;
+        let p: Vec<String> =
+            compile_with_env(text, &[("SHORT", "abc"), ("LONG", "0123456789abcdef0")])
+                .expect_err("rejected")
+                .iter()
+                .map(|p| p.to_string())
+                .collect();
+        let expect = [
+            "event_source[0].auth: missing; expected { bearer = { env = \"VAR\" } } (or file = \"path\"), { hmac = { env = \"VAR\" }, window = \"5m\" }, or \"anonymous\"",
+            "event_source[1].name: `Bad Name` is not a valid name: use 1-64 of a-z, 0-9, `-`, `_`, starting with a letter or digit (it becomes the path /events/{name})",
+            "event_source[2].auth.bearer: the secret from env SHORT is 3 bytes; use at least 16 (e.g. `openssl rand -hex 32`)",
+            "event_source[3].auth.window: 2h exceeds the maximum of 1h",
+            "event_source[3].auth.hmac.env: environment variable NOPE is not set or empty",
+            "event_source[4].subject: only kind = \"nats\" sources take this key",
+            "event_source[4].auth.window: only hmac auth takes a window (bearer tokens carry no timestamp)",
+            "event_source[5].max_body: 1073741824 bytes is outside 1024..=67108864",
+            "event_source[5].max_records: 0 is outside 1..=10000",
+            "event_source[5].dedupe_window: 2h is longer than [queue] retention (1h): redeliveries are recognised by their task records, which are deleted after retention; raise retention or shorten the window",
+            "event_source[5].auth: `\"password\"`: expected { bearer",
+            "event_source[6].auth: only kind = \"webhook\" sources take this key",
+            "event_source[6].url: `http://x`: expected nats://HOST:PORT or tls://HOST:PORT",
+            "event_source[6].subject: `a..b`: a NATS subject is tokens separated by `.`",
+            "event_source[6].consumer: missing: a JetStream stream needs a durable consumer name",
+            "event_source[7].url: missing; nats://HOST:PORT",
+            "event_source[7].subject: `a.>.b`: a NATS subject",
+            "event_source[7].stream: missing: a durable consumer needs the JetStream stream it reads",
+            "event_source[8].queue: missing; the queue name to consume",
+            "event_source[8].prefetch: 0 is outside 1..=65535",
+            "event_source[9].kind: `kafka`: expected \"webhook\", \"nats\" or \"amqp\"",
+        ];
+        for e in expect {
+            assert!(
+                p.iter().any(|x| x.starts_with(e)),
+                "missing {e:?} in\n{}",
+                p.join("\n")
+            );
+        }
+        assert_eq!(p.len(), expect.len(), "{}", p.join("\n"));
+    }
+
+    #[test]
+    fn bad_oss_triggers() {
+        let text = r#"
+[[service]]
+name = "events"
+[[service]]
+name = "media"
+[[service.function]]
+name = "thumb"
+backend = { kind = "static", endpoints = ["http://127.0.0.1:9001"] }
+[[event_source]]
+name = "rgw"
+kind = "webhook"
+auth = "anonymous"
+[[trigger]]
+name = "a"
+kind = "oss"
+function = "media/thumb"
+[[trigger]]
+name = "b"
+kind = "oss"
+function = "media/nope"
+source = "s3"
+events = []
+bucket = ""
+[[trigger]]
+name = "c"
+kind = "oss"
+function = "media/thumb"
+source = "rgw"
+events = ["ObjectCreated:*", "Object Created", "s3:"]
+path = "/x"
+invocation = "async"
+priority = 9999999999
+plugins = ["missing"]
+[[trigger]]
+name = "d"
+kind = "oss"
+function = "media/thumb"
+source = "rgw"
+[[trigger]]
+name = "web"
+kind = "http"
+function = "media/thumb"
+path = "/events/rgw"
+source = "rgw"
+priority = 1
+[[trigger]]
+name = "d"
+kind = "oss"
+function = "media/thumb"
+source = "rgw"
+"#;
+        let p = problems(text);
+        let expect = [
+            "service[0].name: `events` is reserved: /events/{source} is the object-storage webhook route",
+            "trigger[0].source: missing; name the [[event_source]] whose events this trigger sees",
+            "trigger[1].function: no function `media/nope` is defined",
+            "trigger[1].source: no [[event_source]] named `s3`",
+            "trigger[1].events: empty; leave it out to match every event",
+            "trigger[1].bucket: empty; leave it out to match any",
+            "trigger[2].path: only http triggers take this key",
+            "trigger[2].invocation: only http triggers take this key",
+            "trigger[2].events[1]: `Object Created`: an event-name pattern such as \"ObjectCreated:*\"",
+            "trigger[2].events[2]: `s3:`: an event-name pattern",
+            "trigger[2].priority: 9999999999 is outside -2147483648..=2147483647",
+            "trigger[2].plugins[0]: no [[plugin]] named `missing`",
+            "trigger[5].name: trigger `d` is defined twice",
+            "trigger[4].source: only oss triggers take this key",
+            "trigger[4].priority: only oss triggers take this key",
+            "trigger[4].path: `/events/rgw`: /events/{source} is reserved for object-storage webhooks",
+        ];
+        for e in expect {
+            assert!(
+                p.iter().any(|x| x.starts_with(e)),
+                "missing {e:?} in\n{}",
+                p.join("\n")
+            );
+        }
+        assert_eq!(p.len(), expect.len(), "{}", p.join("\n"));
     }
 }

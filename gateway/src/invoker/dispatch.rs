@@ -10,8 +10,8 @@
 
 use super::error_chain;
 use crate::backend::X_REQUEST_ID;
-use crate::config::FunctionSpec;
-use crate::queue::{Finish, Task, TaskResult, TaskState, TaskStore, now_ms};
+use crate::config::{Destination, FunctionSpec};
+use crate::queue::{Finish, StoreListener, Task, TaskResult, TaskState, TaskStore, now_ms};
 use crate::scheduler::ScheduleError;
 use crate::state::Gateway;
 use bytes::{Bytes, BytesMut};
@@ -26,6 +26,8 @@ use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// How often queue depth gauges are sampled.
+const DEPTH_SAMPLE: Duration = Duration::from_secs(5);
 /// First retry after this, doubling per attempt, with up to 50% jitter, capped.
 const RETRY_BASE: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(300);
@@ -55,14 +57,17 @@ impl std::fmt::Debug for Dispatcher {
 
 impl Dispatcher {
     pub fn new(store: Arc<dyn TaskStore>, gw: &Arc<Gateway>) -> Arc<Self> {
-        Arc::new(Dispatcher {
+        let d = Arc::new(Dispatcher {
             store,
             gw: Arc::downgrade(gw),
             client: crate::backend::pooled_client(),
             wakes: Mutex::new(BTreeSet::new()),
             notify: Notify::new(),
             running: Mutex::new(HashMap::new()),
-        })
+        });
+        let weak: Weak<dyn StoreListener> = Arc::downgrade(&d) as Weak<dyn StoreListener>;
+        d.store.set_listener(weak);
+        d
     }
 
     /// Asks for `function` to be claimed for at `due_ms` (unix ms; now or later).
@@ -90,10 +95,48 @@ impl Dispatcher {
             .count()
     }
 
+    /// Samples queue depth and the oldest waiting task's age into gauges every `DEPTH_SAMPLE`,
+    /// until the gateway is gone.
+    pub async fn sample_depths(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(DEPTH_SAMPLE);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(gw) = self.gw.upgrade() else { return };
+            let functions: Vec<String> = gw
+                .runtime()
+                .config
+                .functions
+                .iter()
+                .map(|f| f.id.clone())
+                .collect();
+            drop(gw);
+            let now = now_ms();
+            for f in functions {
+                let Ok(c) = self.store.counts(&f).await else {
+                    continue;
+                };
+                for (state, n) in [
+                    ("enqueued", c.enqueued),
+                    ("retrying", c.retrying),
+                    ("running", c.running),
+                ] {
+                    metrics::gauge!(crate::telemetry::ASYNC_QUEUE_DEPTH, "function" => f.clone(), "state" => state)
+                        .set(n as f64);
+                }
+                let age = c.oldest_waiting_ms.map_or(0, |t| now.saturating_sub(t));
+                metrics::gauge!(crate::telemetry::ASYNC_OLDEST_AGE, "function" => f.clone())
+                    .set(age as f64 / 1000.0);
+            }
+        }
+    }
+
     /// The dispatch loop; runs until the gateway is gone.
     pub async fn run(self: Arc<Self>) {
         let mut next_sweep = now_ms();
         let mut generation = 0;
+        // A shared store (NATS) gets work from other gateways unannounced: poll it often.
+        let sweep_every = self.store.poll_interval().min(SWEEP_INTERVAL);
         loop {
             let Some(gw) = self.gw.upgrade() else { return };
             let now = now_ms();
@@ -103,7 +146,7 @@ impl Dispatcher {
                 for f in &rt.config.functions {
                     lock(&self.wakes).insert((now, f.id.clone()));
                 }
-                next_sweep = now + SWEEP_INTERVAL.as_millis() as u64;
+                next_sweep = now + sweep_every.as_millis() as u64;
             }
             let due: BTreeSet<String> = {
                 let mut w = lock(&self.wakes);
@@ -131,6 +174,7 @@ impl Dispatcher {
             return;
         };
         let spec = fr.spec().clone();
+        self.store.set_function_timeout(function, spec.timeout);
         let room =
             (spec.async_.max_concurrency as usize).saturating_sub(self.running_for(function));
         if room == 0 {
@@ -145,6 +189,8 @@ impl Dispatcher {
             }
         };
         for t in claimed.expired {
+            metrics::counter!(crate::telemetry::ASYNC_EXPIRED, "function" => function.to_string())
+                .increment(1);
             self.destination(&spec, &t, TaskState::Expired, "EventAgeExceeded", None);
         }
         if claimed.tasks.len() == room {
@@ -167,7 +213,9 @@ impl Dispatcher {
     async fn attempt(self: Arc<Self>, gw: Arc<Gateway>, task: Task) {
         let id = task.summary.id.clone();
         let function = task.summary.function.clone();
+        let started = std::time::Instant::now();
         let outcome = self.call(&gw, &task).await;
+        let elapsed = started.elapsed();
         let spec = gw
             .runtime()
             .function(&function)
@@ -191,12 +239,60 @@ impl Dispatcher {
             Finish::RetryAt { at_ms, .. } => Some(*at_ms),
             _ => None,
         };
+        let (status, instance, error) = match &finish {
+            Finish::Succeeded { result, instance } => {
+                (Some(result.status), Some(instance.clone()), None)
+            }
+            Finish::RetryAt {
+                error,
+                instance,
+                result,
+                ..
+            }
+            | Finish::Failed {
+                error,
+                instance,
+                result,
+            } => (
+                result.as_ref().map(|r| r.status),
+                instance.clone(),
+                Some(error.clone()),
+            ),
+            Finish::Expired { error } => (None, None, Some(error.clone())),
+        };
         lock(&self.running).remove(&id);
-        match self.store.finish(&id, finish).await {
+        let finished = self.store.finish(&id, finish).await;
+        let outcome = match &finished {
+            Ok(s) if s.state == TaskState::Stopped => "stopped",
+            _ => match final_state {
+                TaskState::Succeeded => "succeeded",
+                TaskState::Retrying => "retrying",
+                TaskState::Expired => "expired",
+                _ => "failed",
+            },
+        };
+        metrics::counter!(crate::telemetry::ASYNC_ATTEMPTS, "function" => function.clone(), "outcome" => outcome).increment(1);
+        metrics::histogram!(crate::telemetry::ASYNC_ATTEMPT_DURATION, "function" => function.clone()).record(elapsed.as_secs_f64());
+        // One line per attempt, beside the invocation log lines of sync requests.
+        tracing::info!(
+            target: "fngate::async",
+            task = %id,
+            request_id = %task.summary.request_id,
+            function,
+            attempt = task.summary.attempts,
+            outcome,
+            status,
+            instance,
+            duration_ms = elapsed.as_millis() as u64,
+            error,
+            "async attempt"
+        );
+        match finished {
             Ok(summary) if summary.state == final_state => {
                 if let Some(at) = retry_at {
                     self.wake(&function, at);
                 } else if let Some(spec) = &spec
+                    && has_destination(spec, final_state)
                     && let Ok(Some(t)) = self.store.get(&id).await
                 {
                     self.destination(spec, &t, final_state, condition, result.as_ref());
@@ -335,16 +431,30 @@ impl Dispatcher {
         let Some(target) = target else { return };
         let record = destination_record(task, condition, result);
         let client = self.client.clone();
+        let store = self.store.clone();
         let function = spec.id.clone();
         tokio::spawn(async move {
             let body = Bytes::from(record.to_string());
             for attempt in 1..=DESTINATION_ATTEMPTS {
-                let req = Request::post(target.clone())
-                    .header(http::header::CONTENT_TYPE, "application/json")
-                    .body(Full::new(body.clone()));
-                let Ok(req) = req else { return };
-                let sent = tokio::time::timeout(DESTINATION_TIMEOUT, client.request(req)).await;
-                let ok = matches!(&sent, Ok(Ok(r)) if r.status().is_success());
+                let ok = match &target {
+                    Destination::Http(uri) => {
+                        let req = Request::post(uri.clone())
+                            .header(http::header::CONTENT_TYPE, "application/json")
+                            .body(Full::new(body.clone()));
+                        let Ok(req) = req else { return };
+                        let sent =
+                            tokio::time::timeout(DESTINATION_TIMEOUT, client.request(req)).await;
+                        matches!(&sent, Ok(Ok(r)) if r.status().is_success())
+                    }
+                    Destination::Nats(subject) => matches!(
+                        tokio::time::timeout(
+                            DESTINATION_TIMEOUT,
+                            store.publish(subject, body.clone())
+                        )
+                        .await,
+                        Ok(Ok(()))
+                    ),
+                };
                 metrics::counter!(crate::telemetry::ASYNC_DESTINATIONS, "function" => function.clone(), "result" => if ok { "ok" } else { "failed" }).increment(1);
                 if ok {
                     return;
@@ -358,6 +468,16 @@ impl Dispatcher {
     }
 }
 
+impl StoreListener for Dispatcher {
+    fn wake(&self, function: &str, due_ms: u64) {
+        Dispatcher::wake(self, function, due_ms);
+    }
+
+    fn abort(&self, task_id: &str) {
+        Dispatcher::abort(self, task_id);
+    }
+}
+
 /// How an attempt went wrong before a usable response.
 #[derive(Debug)]
 enum Attempt {
@@ -365,6 +485,15 @@ enum Attempt {
     Retry(String),
     /// Will never work (bad stored request, function gone for good).
     Fatal(String),
+}
+
+/// Whether a task ending in `state` sends a destination record (only then is it read back).
+fn has_destination(spec: &FunctionSpec, state: TaskState) -> bool {
+    match state {
+        TaskState::Succeeded => spec.async_.on_success.is_some(),
+        TaskState::Failed | TaskState::Expired => spec.async_.on_failure.is_some(),
+        _ => false,
+    }
 }
 
 fn retryable_status(status: u16) -> bool {

@@ -50,6 +50,10 @@ pub async fn handle(
     conn: ConnInfo,
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
+    // Object-storage webhooks have their own pipeline (auth, parse, fan-out to oss triggers).
+    if crate::events::is_webhook_path(req.uri().path()) {
+        return crate::events::webhook(gw, conn, req).await;
+    }
     let start = Instant::now();
     let request_id = telemetry::next_request_id();
     let rt = gw.runtime();
@@ -562,10 +566,16 @@ async fn accept_async(
         },
     };
     let due = task.not_before_ms;
-    let outcome = dispatcher.store.accept(task).await.map_err(|e| {
-        tracing::warn!(function = %spec.id, "async accept failed: {e}");
-        GatewayError::QueueUnavailable {
-            detail: e.to_string(),
+    let outcome = dispatcher.store.accept(task).await.map_err(|e| match e {
+        crate::queue::StoreError::TooLarge { limit, .. } => GatewayError::BodyTooLarge {
+            function: spec.id.clone(),
+            limit: limit as u64,
+        },
+        e => {
+            tracing::warn!(function = %spec.id, "async accept failed: {e}");
+            GatewayError::QueueUnavailable {
+                detail: e.to_string(),
+            }
         }
     })?;
     let (summary, existing) = match &outcome {
@@ -797,6 +807,9 @@ impl Record {
         let function = self.function.map(|i| &rt.functions[i]);
         if let Some(f) = function {
             f.metrics.finished(self.status, elapsed);
+            f.metrics
+                .window
+                .record(self.status, elapsed, self.error.is_some());
         }
         let trigger = self
             .trigger

@@ -58,6 +58,38 @@ fn take<'a>(blob: &mut &'a [u8]) -> Result<&'a [u8], String> {
     Ok(item)
 }
 
+/// Frame format version, the first byte of every framed value.
+const FRAMES_V1: u8 = 1;
+
+/// Several byte strings in one value: `[1] ([u32 LE len][bytes])*`. The NATS store keeps a task
+/// record (JSON metadata, header blobs, bodies) as one framed value, so bodies stay raw bytes.
+pub(crate) fn encode_frames(parts: &[&[u8]]) -> Vec<u8> {
+    let len = 1 + parts.iter().map(|p| 4 + p.len()).sum::<usize>();
+    let mut out = Vec::with_capacity(len);
+    out.push(FRAMES_V1);
+    for p in parts {
+        put(&mut out, p);
+    }
+    out
+}
+
+/// The parts of an `encode_frames` value; exactly `n` of them or an error.
+pub(crate) fn decode_frames(mut blob: &[u8], n: usize) -> Result<Vec<&[u8]>, String> {
+    match blob.split_first() {
+        Some((&FRAMES_V1, rest)) => blob = rest,
+        Some((v, _)) => return Err(format!("unknown frame format version {v}")),
+        None => return Err("empty value".into()),
+    }
+    let mut parts = Vec::with_capacity(n);
+    while !blob.is_empty() {
+        parts.push(take(&mut blob)?);
+    }
+    if parts.len() != n {
+        return Err(format!("expected {n} parts, found {}", parts.len()));
+    }
+    Ok(parts)
+}
+
 /// One history line, newline included.
 pub(crate) fn event_line(at_ms: u64, state: TaskState, detail: &str) -> String {
     let ev = TaskEvent {
@@ -102,6 +134,19 @@ mod tests {
             assert!(decode_headers(&blob[..cut]).is_err(), "cut at {cut}");
         }
         assert!(decode_headers(&[9]).is_err());
+    }
+
+    #[test]
+    fn frames_round_trip_and_refuse_damage() {
+        let v = encode_frames(&[b"{}", b"", &[0, 1, 2]]);
+        assert_eq!(
+            decode_frames(&v, 3).unwrap(),
+            vec![&b"{}"[..], &b""[..], &[0u8, 1, 2][..]]
+        );
+        assert!(decode_frames(&v, 2).is_err());
+        for cut in 0..v.len() - 1 {
+            assert!(decode_frames(&v[..cut], 3).is_err(), "cut at {cut}");
+        }
     }
 
     #[test]

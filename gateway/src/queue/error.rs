@@ -16,6 +16,10 @@ pub enum StoreError {
     },
     #[error("{0}")]
     InvalidInput(String),
+    #[error(
+        "the stored request would be {size} bytes; the queue takes at most {limit} (the NATS server's max_payload)"
+    )]
+    TooLarge { size: usize, limit: usize },
     #[error("no task with id `{id}`")]
     NotFound { id: String },
     #[error("cannot {action} task `{id}`: it is {state}; {rule}")]
@@ -57,6 +61,12 @@ pub enum StoreError {
         "task store {path} is overloaded: its write queue stayed full for {waited_ms} ms; try again later"
     )]
     Busy { path: PathBuf, waited_ms: u64 },
+    #[error("NATS queue at {url}: {op} failed: {detail}")]
+    Nats {
+        url: String,
+        op: &'static str,
+        detail: String,
+    },
     #[error("task store {path} is closed (its {thread} thread has stopped)")]
     Closed { path: PathBuf, thread: &'static str },
 }
@@ -74,7 +84,9 @@ impl StoreError {
     pub fn is_client_error(&self) -> bool {
         matches!(
             self,
-            StoreError::InvalidTaskId { .. } | StoreError::InvalidInput(_)
+            StoreError::InvalidTaskId { .. }
+                | StoreError::InvalidInput(_)
+                | StoreError::TooLarge { .. }
         )
     }
 
@@ -86,6 +98,9 @@ impl StoreError {
     /// The store could not do it now but may later (full write queue, I/O error on commit):
     /// the accept path answers 503 with Retry-After, never 202.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Busy { .. } | StoreError::Sql { .. })
+        matches!(
+            self,
+            StoreError::Busy { .. } | StoreError::Sql { .. } | StoreError::Nats { .. }
+        )
     }
 }

@@ -1,6 +1,7 @@
 //! The durable task store behind async invocations: the `TaskStore` trait (the seam between the
-//! invoker/dispatcher and where tasks live) and its embedded implementation, `SqliteStore`.
-//! A NATS JetStream store for scale-out goes behind the same trait later.
+//! invoker/dispatcher and where tasks live), its embedded implementation, `SqliteStore`, and
+//! the scale-out one, `NatsStore` (a JetStream work-queue stream + a key-value bucket, shared
+//! by several gateways).
 //!
 //! What the store guarantees, and what callers build on it:
 //!
@@ -45,6 +46,7 @@
 
 mod codec;
 mod error;
+mod nats;
 mod sql;
 mod sqlite;
 mod types;
@@ -53,6 +55,7 @@ mod types;
 mod tests;
 
 pub use error::StoreError;
+pub use nats::{DEFAULT_ACK_WAIT_MARGIN, NatsOptions, NatsStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
 pub use types::{
     AcceptOutcome, Claimed, DEFAULT_LIST_LIMIT, DEFAULT_RETENTION_MS, Finish, ListFilter,
@@ -63,6 +66,8 @@ pub use types::{
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Weak;
+use std::time::Duration;
 
 /// What every `TaskStore` method returns: boxed so that `Arc<dyn TaskStore>` works (the store
 /// kind is chosen by config at run time); one allocation per call is nothing next to an fsync.
@@ -115,4 +120,40 @@ pub trait TaskStore: Send + Sync + 'static {
     /// Deletes final tasks (Succeeded, Failed, Stopped, Expired) finished before
     /// `finished_before_ms`; returns how many. Retention default: `DEFAULT_RETENTION_MS`.
     fn prune(&self, finished_before_ms: u64) -> StoreFuture<'_, usize>;
+
+    /// `"embedded"` or `"nats"`, for logs and the admin API.
+    fn kind(&self) -> &'static str;
+
+    /// Where a store shared with other gateways reports work it learnt of from elsewhere: a
+    /// task accepted by another gateway (wake), a task stopped through another gateway while it
+    /// runs here (abort). A store of one process never calls it.
+    fn set_listener(&self, _listener: Weak<dyn StoreListener>) {}
+
+    /// How often the dispatcher should claim for every function even without a wake-up. A
+    /// shared store needs it short: work handed back by a dead gateway arrives unannounced.
+    fn poll_interval(&self) -> Duration {
+        Duration::from_secs(60)
+    }
+
+    /// The function's timeout, so a store that leases tasks (NATS: the consumer's ack wait)
+    /// can size the lease to it. Called before each claim; cheap when nothing changed.
+    fn set_function_timeout(&self, _function: &str, _timeout: Duration) {}
+
+    /// Publishes a destination record on a broker subject (`on_success = "nats:SUBJECT"`).
+    fn publish<'a>(&'a self, subject: &'a str, _payload: bytes::Bytes) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            Err(StoreError::InvalidInput(format!(
+                "cannot publish to NATS subject `{subject}`: the {} queue has no broker; set [queue] kind = \"nats\"",
+                self.kind()
+            )))
+        })
+    }
+}
+
+/// See `TaskStore::set_listener`.
+pub trait StoreListener: Send + Sync {
+    /// Tasks of `function` may be due at `due_ms` (unix ms).
+    fn wake(&self, function: &str, due_ms: u64);
+    /// The running attempt of `task_id`, if it runs here, must end now: the task was stopped.
+    fn abort(&self, task_id: &str);
 }

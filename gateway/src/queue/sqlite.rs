@@ -362,6 +362,10 @@ impl TaskStore for SqliteStore {
             }
         })
     }
+
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
 }
 
 fn take_lock(path: &Path) -> Result<File, StoreError> {

@@ -155,7 +155,7 @@ pub struct TaskEvent {
 
 /// A task without its request payload, result body and history: what `list` pages through
 /// and what the write operations answer with.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskSummary {
     pub id: String,
     pub request_id: String,

@@ -716,10 +716,7 @@ impl FunctionRuntime {
             g.backoff_until = None;
             self.grant_locked(&mut g, Some(inst))
         };
-        self.metrics.cold_start(true);
-        self.metrics
-            .cold_start_duration
-            .record(cold.total().as_secs_f64());
+        self.metrics.cold_start(Some(cold.total()));
         tracing::info!(
             function = %self.spec.load().id,
             instance = %inst.id,
@@ -767,7 +764,7 @@ impl FunctionRuntime {
         }
         match &why {
             Gone::StartFailed(msg) => {
-                self.metrics.cold_start(false);
+                self.metrics.cold_start(None);
                 tracing::warn!(function = %spec.id, instance = %inst.id, "instance failed to start: {msg}");
             }
             Gone::Exited(msg) => {

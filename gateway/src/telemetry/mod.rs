@@ -5,8 +5,10 @@
 //! reason, listener — never request ids or paths. The names are documented in `docs/metrics.md`.
 
 mod log;
+pub mod window;
 
 pub use log::{InstanceLog, InvocationLog, LogSink};
+pub use window::{Window, WindowSnapshot};
 
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -41,6 +43,20 @@ pub const PROVISIONED_TARGET: &str = "fngate_provisioned_target";
 pub const INSTANCE_LOG_LINES: &str = "fngate_instance_log_lines_total";
 pub const ASYNC_ACCEPTED: &str = "fngate_async_accepted_total";
 pub const ASYNC_DESTINATIONS: &str = "fngate_async_destinations_total";
+pub const EVENTS_RECEIVED: &str = "fngate_events_received_total";
+pub const EVENTS_MATCHED: &str = "fngate_events_matched_total";
+pub const EVENTS_FILTERED: &str = "fngate_events_filtered_total";
+pub const EVENTS_DROPPED: &str = "fngate_events_dropped_total";
+pub const EVENTS_ENQUEUED: &str = "fngate_events_enqueued_total";
+pub const EVENTS_DEDUPLICATED: &str = "fngate_events_deduplicated_total";
+pub const EVENTS_REJECTED: &str = "fngate_events_rejected_total";
+pub const EVENT_SOURCE_RECONNECTS: &str = "fngate_event_source_reconnects_total";
+pub const ASYNC_ATTEMPTS: &str = "fngate_async_attempts_total";
+pub const ASYNC_ATTEMPT_DURATION: &str = "fngate_async_attempt_duration_seconds";
+pub const ASYNC_EXPIRED: &str = "fngate_async_expired_total";
+pub const ASYNC_STOPPED: &str = "fngate_async_stopped_total";
+pub const ASYNC_QUEUE_DEPTH: &str = "fngate_async_queue_depth";
+pub const ASYNC_OLDEST_AGE: &str = "fngate_async_oldest_task_age_seconds";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.00001, 0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -104,6 +120,25 @@ fn describe() {
         LOG_LINES_DROPPED,
         "Log lines dropped because the sink could not keep up"
     );
+    describe_counter!(
+        EVENTS_RECEIVED,
+        "Object-storage events received, by source and shape"
+    );
+    describe_counter!(
+        EVENTS_MATCHED,
+        "Object-storage (event, trigger) pairs that passed the trigger's filters"
+    );
+    describe_counter!(
+        EVENTS_FILTERED,
+        "Object-storage events that matched no trigger"
+    );
+    describe_counter!(EVENTS_DROPPED, "Matched events a policy plugin dropped");
+    describe_counter!(EVENTS_ENQUEUED, "Matched events stored as new tasks");
+    describe_counter!(
+        EVENTS_DEDUPLICATED,
+        "Matched events whose task already existed (redeliveries)"
+    );
+    describe_counter!(EVENTS_REJECTED, "Event notifications refused, by reason");
 }
 
 /// A duration as milliseconds with microsecond precision, as log lines and the admin API show it.
@@ -193,10 +228,12 @@ pub struct FunctionMetrics {
     pub instances: [[Gauge; 4]; 2],
     /// ok, failed
     cold_starts: [Counter; 2],
-    pub cold_start_duration: Histogram,
+    cold_start_duration: Histogram,
     /// exited (unexpectedly), unhealthy, stopped (by fngate)
     exits: [Counter; 3],
     pub provisioned_target: Gauge,
+    /// The last minute in process, for the dashboard (`GET /admin/overview`).
+    pub window: Window,
 }
 
 /// Why an instance went away, a fixed set.
@@ -230,11 +267,17 @@ impl FunctionMetrics {
             exits: ["exited", "unhealthy", "stopped"]
                 .map(|r| metrics::counter!(INSTANCE_EXITS, "function" => f.clone(), "reason" => r)),
             provisioned_target: metrics::gauge!(PROVISIONED_TARGET, "function" => f.clone()),
+            window: Window::new(),
         }
     }
 
-    pub fn cold_start(&self, ok: bool) {
-        self.cold_starts[usize::from(!ok)].increment(1);
+    /// An instance start that became ready after `Some(spawn to ready)`, or failed (`None`).
+    pub fn cold_start(&self, took: Option<Duration>) {
+        self.cold_starts[usize::from(took.is_none())].increment(1);
+        if let Some(d) = took {
+            self.cold_start_duration.record(d.as_secs_f64());
+        }
+        self.window.cold_start(took);
     }
 
     pub fn instance_exit(&self, why: InstanceExit) {

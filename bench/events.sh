@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Event ingestion through the webhook: S3 notification records per second, each stored durably
+# (an fsync'd group commit of the embedded queue, or a JetStream ack with QUEUE=nats) before the
+# webhook answers 200. wrk closed loop, CONNS connections, plaintext HTTP/1.1 keep-alive; every
+# request is one `{"Records":[…]}` notification of BATCH Ceph-style ObjectCreated:Put records with
+# unique keys and sequencers (no deduplication hits), bearer-authenticated. The dispatcher runs the
+# tasks against the backend at the same time. Pinning as bench/run.sh: fngate on core 0 (one
+# worker), wrk, the backend (and nats-server) on core 1. ROUNDS runs of DUR seconds; medians.
+#
+#   bench/events.sh            # ROUNDS=5 DUR=8 CONNS=16 BATCH=100 QUEUE=embedded
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS="${ROUNDS:-5}" DUR="${DUR:-8}" CONNS="${CONNS:-16}" BATCH="${BATCH:-100}" QUEUE="${QUEUE:-embedded}"
+out=bench/out/events-$QUEUE
+rm -rf "$out" && mkdir -p "$out"
+[ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release --locked -p fngate -p demo-backend
+bin="${CARGO_TARGET_DIR:-target}/release"
+command -v wrk >/dev/null || { echo "wrk is needed (Debian: apt-get install wrk)"; exit 1; }
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT INT TERM
+
+cat >"$out/events.lua" <<LUA
+local batch = $BATCH
+local n = 0
+local thread_tag = tostring(math.random(1, 1e9))
+wrk.method = "POST"
+wrk.headers["content-type"] = "application/json"
+wrk.headers["authorization"] = "Bearer bench-event-token-0123456789"
+request = function()
+    local recs = {}
+    for i = 1, batch do
+        n = n + 1
+        recs[i] = string.format('{"eventVersion":"2.2","eventSource":"ceph:s3","awsRegion":"default","eventTime":"2026-11-24T20:00:00.000Z","eventName":"ObjectCreated:Put","s3":{"s3SchemaVersion":"1.0","configurationId":"bench","bucket":{"name":"photos","arn":"arn:aws:s3:::photos"},"object":{"key":"images/%s/%d.png","size":1024,"eTag":"37b51d194a7513e45b56f6524f2d51f2","versionId":"","sequencer":"%s%012X"}}}', thread_tag, n, thread_tag, n)
+    end
+    return wrk.format(nil, nil, nil, '{"Records":[' .. table.concat(recs, ",") .. ']}')
+end
+LUA
+
+results=()
+for r in $(seq "$ROUNDS"); do
+    data="$out/data-$r"
+    rm -rf "$data" && mkdir -p "$data"
+    port=$((19650 + r))
+    taskset -c 1 "$bin/demo-backend" --listen "127.0.0.1:$port" --id events >/dev/null 2>&1 &
+    be=$!; pids+=("$be")
+    queue=""
+    if [ "$QUEUE" = nats ]; then
+        nport=$((19750 + r))
+        taskset -c 1 "${FNGATE_NATS_SERVER:-nats-server}" -a 127.0.0.1 -p "$nport" -js -sd "$data/js" >"$data/nats.log" 2>&1 &
+        ns=$!; pids+=("$ns")
+        for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$nport) 2>/dev/null && break; sleep 0.05; done
+        queue=$'[queue]\nkind = "nats"\nurl = "nats://127.0.0.1:'"$nport"$'"\n'
+    fi
+    cat >"$data/fngate.toml" <<TOML
+[server]
+listen = "127.0.0.1:0"
+plaintext_listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+data_dir = "."
+$queue
+[telemetry]
+log = { stdout = false }
+[[service]]
+name = "media"
+[[service.function]]
+name = "thumb"
+instance_concurrency = 64
+async = { max_concurrency = 16 }
+backend = { kind = "static", endpoints = ["http://127.0.0.1:$port"] }
+[[event_source]]
+name = "rgw"
+kind = "webhook"
+auth = { bearer = { env = "BENCH_EVENT_TOKEN" } }
+[[trigger]]
+name = "thumbs"
+kind = "oss"
+function = "media/thumb"
+source = "rgw"
+events = ["ObjectCreated:*"]
+prefix = "images/"
+suffix = ".png"
+TOML
+    BENCH_EVENT_TOKEN=bench-event-token-0123456789 TOKIO_WORKER_THREADS=1 taskset -c 0 "$bin/fngate" serve --config "$data/fngate.toml" >/dev/null 2>"$data/stderr.log" &
+    gw=$!; pids+=("$gw")
+    for _ in $(seq 100); do [ -f "$data/listeners.json" ] && break; sleep 0.05; done
+    addr=$(python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['plaintext'])" "$data/listeners.json")
+    taskset -c 1 wrk -t1 -c"$CONNS" -d"${DUR}s" -s "$out/events.lua" "http://$addr/events/rgw" >"$out/wrk-$r.txt"
+    rps=$(awk '/^Requests\/sec/ {print $2}' "$out/wrk-$r.txt")
+    non2xx=$(awk '/Non-2xx/ {print $5}' "$out/wrk-$r.txt"); non2xx=${non2xx:-0}
+    records=$(python3 -c "print(round($rps * $BATCH))")
+    echo "round $r: $rps notifications/s = $records records/s (non-2xx: $non2xx)"
+    [ "$non2xx" = 0 ] || { echo "errors: see $data/stderr.log"; tail -5 "$data/stderr.log"; }
+    results+=("$records")
+    kill "$gw" "$be" ${ns:-}; wait "$gw" "$be" ${ns:-} 2>/dev/null || true; ns=""
+done
+printf '%s\n' "${results[@]}" | sort -n | awk '{a[NR]=$1} END {printf "median %.0f records/s (min %.0f, max %.0f) over %d rounds\n", a[int((NR+1)/2)], a[1], a[NR], NR}' | tee "$out/summary.txt"
