@@ -125,7 +125,9 @@ async fn metric(gw: &Gateway, name: &str, labels: &[&str]) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqp_messages_are_acked_once_stored_rejected_when_bad_and_consumed_across_reconnects() {
-    let rabbit = tokio::task::spawn_blocking(RabbitMq::shared).await.unwrap();
+    // A node of its own: this test drops every connection of the broker, which would break the
+    // other tests' connections on the shared node.
+    let rabbit = tokio::task::spawn_blocking(RabbitMq::start).await.unwrap();
     let be = Backend::start("a");
     let (q1, q2) = ("amqp-test-events", "amqp-test-events-2");
 
