@@ -11,6 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${ROUNDS:-5}" DUR="${DUR:-8}" CONNS="${CONNS:-16}" BATCH="${BATCH:-100}" QUEUE="${QUEUE:-embedded}"
+GW_CORES="${GW_CORES:-0}" GW_WORKERS="${GW_WORKERS:-1}"  # GW_CORES=0,1 GW_WORKERS=2: fngate on both cores
 out=bench/out/events-$QUEUE
 rm -rf "$out" && mkdir -p "$out"
 [ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release --locked -p fngate -p demo-backend
@@ -82,7 +83,7 @@ events = ["ObjectCreated:*"]
 prefix = "images/"
 suffix = ".png"
 TOML
-    BENCH_EVENT_TOKEN=bench-event-token-0123456789 TOKIO_WORKER_THREADS=1 taskset -c 0 "$bin/fngate" serve --config "$data/fngate.toml" >/dev/null 2>"$data/stderr.log" &
+    BENCH_EVENT_TOKEN=bench-event-token-0123456789 TOKIO_WORKER_THREADS="$GW_WORKERS" taskset -c "$GW_CORES" "$bin/fngate" serve --config "$data/fngate.toml" >/dev/null 2>"$data/stderr.log" &
     gw=$!; pids+=("$gw")
     for _ in $(seq 100); do [ -f "$data/listeners.json" ] && break; sleep 0.05; done
     addr=$(python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['plaintext'])" "$data/listeners.json")

@@ -88,7 +88,10 @@ fn main() -> ExitCode {
 /// stdout as JSON, one per request.
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("FNGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // lapin logs every broker-side channel error at ERROR; the AMQP event source already logs
+    // them once with the source's name, so its own lines stay off unless FNGATE_LOG asks.
+    let filter = EnvFilter::try_from_env("FNGATE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,lapin=off,async_nats=warn"));
     let json = std::env::var("FNGATE_LOG_FORMAT").is_ok_and(|v| v == "json");
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()

@@ -429,10 +429,11 @@ pub fn check(path: &Path) -> Result<String, config::ConfigError> {
         });
     }
     Ok(format!(
-        "{}: ok ({} function(s), {} trigger(s), {} plugin(s))",
+        "{}: ok ({} function(s), {} trigger(s), {} event source(s), {} plugin(s))",
         path.display(),
         c.functions.len(),
-        c.triggers.len(),
+        c.triggers.len() + c.oss_triggers.len(),
+        c.event_sources.len(),
         c.plugins.len()
     ))
 }

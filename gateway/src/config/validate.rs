@@ -1701,14 +1701,18 @@ fn compile_event_source(
             only(cx, &["auth"], "webhook");
             only(cx, &["subject", "stream", "consumer"], "nats");
             let url = required(cx, ep, "url", &r.url, "amqp://HOST:PORT/VHOST");
-            if let Some(u) = &url
-                && !((u.starts_with("amqp://") && u.len() > "amqp://".len())
-                    || (u.starts_with("amqps://") && u.len() > "amqps://".len()))
-            {
-                cx.err(
-                    format!("{ep}.url"),
-                    format!("`{u}`: expected amqp://HOST:PORT/VHOST or amqps://…"),
-                );
+            if let Some(u) = &url {
+                if u.starts_with("amqps://") {
+                    cx.err(
+                        format!("{ep}.url"),
+                        "amqps:// (AMQP over TLS) is not supported by this build yet; use amqp:// to a broker on loopback or a private network",
+                    );
+                } else if !(u.starts_with("amqp://") && u.len() > "amqp://".len()) {
+                    cx.err(
+                        format!("{ep}.url"),
+                        format!("`{u}`: expected amqp://HOST:PORT/VHOST"),
+                    );
+                }
             }
             let queue = required(cx, ep, "queue", &r.queue, "the queue name to consume");
             if let Some(q) = &queue
