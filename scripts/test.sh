@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: format, lints, unit tests and the black-box tests in tests/.
 # Works on a fresh machine of this kind: installs what it needs (curl, nats-server, Chromium,
-# playwright-core, Ceph RGW, RabbitMQ, boto3) when it is missing.
+# playwright-core, Ceph RGW, RabbitMQ, Prometheus, boto3) when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +18,9 @@ need_apt_lean=()
 for bin in radosgw ceph-mon ceph-osd; do command -v "$bin" >/dev/null || need_apt_lean+=("$bin"); done
 command -v uuidgen >/dev/null || need_apt_lean+=(uuid-runtime)
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || [ -n "${FNGATE_RABBITMQ_SERVER:-}" ] || need_apt_lean+=(rabbitmq-server)
+# tests/e2e/prometheus.rs starts its own Prometheus (2.42) on a free port; without recommends,
+# which would add prometheus-node-exporter and its service.
+command -v prometheus >/dev/null || [ -n "${FNGATE_PROMETHEUS:-}" ] || need_apt_lean+=(prometheus)
 pip_boto3=0
 if ! command -v python3 >/dev/null; then
     need_apt_lean+=(python3 python3-boto3)

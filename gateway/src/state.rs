@@ -6,7 +6,7 @@ use crate::config::{self, Config, ConfigError, Problem, ServerSettings};
 use crate::instances::ProcessLauncher;
 use crate::policy::{FunctionLoad, LiveState, Plugin, PolicyHost};
 use crate::scheduler::{FunctionRuntime, Node, gpu::GpuPool};
-use crate::telemetry::LogSink;
+use crate::telemetry::{FileTarget, LogSink, SinkRegistry};
 use crate::trigger::Router;
 use arc_swap::ArcSwap;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -64,7 +64,8 @@ pub struct Gateway {
     pub launcher: Arc<ProcessLauncher>,
     /// The async queue's dispatcher (and through it the task store), once opened at start-up.
     pub tasks: std::sync::OnceLock<Arc<crate::invoker::dispatch::Dispatcher>>,
-    stdout_log: LogSink,
+    /// Log sinks live across generations (a kept file path keeps its writer).
+    sinks: SinkRegistry,
     generation: AtomicU64,
     reload_lock: std::sync::Mutex<()>,
 }
@@ -88,16 +89,14 @@ impl Gateway {
         admin_token: Vec<u8>,
         policy: Arc<PolicyHost>,
     ) -> Result<Arc<Self>, ConfigError> {
-        let stdout_log = LogSink::stdout();
+        let sinks = SinkRegistry::new();
         let config_path = config.file.clone();
         let node = Node::new(GpuPool::new(&config.gpus, config.gpu_cards_max));
-        let launcher = ProcessLauncher::new(if config.log_stdout {
-            stdout_log.clone()
-        } else {
-            LogSink::off()
-        });
+        let config = Arc::new(config);
+        let log = log_router(&config, &sinks)?;
+        let launcher = ProcessLauncher::new(log.clone());
         node.set_launcher(launcher.clone());
-        let runtime = build_runtime(1, Arc::new(config), None, &stdout_log, &policy, &node)?.0;
+        let runtime = build_runtime(1, config, None, log, &policy, &node)?.0;
         Ok(Arc::new(Gateway {
             current: ArcSwap::from_pointee(runtime),
             client: backend::client(),
@@ -109,7 +108,7 @@ impl Gateway {
             node,
             launcher,
             tasks: std::sync::OnceLock::new(),
-            stdout_log,
+            sinks,
             generation: AtomicU64::new(1),
             reload_lock: std::sync::Mutex::new(()),
         }))
@@ -140,14 +139,10 @@ impl Gateway {
             restart_required.push("account.gpu_cards_max".into());
         }
         let generation = self.generation.load(Ordering::Relaxed) + 1;
-        let (runtime, mut report) = build_runtime(
-            generation,
-            Arc::new(new),
-            Some(&old),
-            &self.stdout_log,
-            &self.policy,
-            &self.node,
-        )?;
+        let new = Arc::new(new);
+        let log = log_router(&new, &self.sinks)?;
+        let (runtime, mut report) =
+            build_runtime(generation, new, Some(&old), log, &self.policy, &self.node)?;
         self.generation.store(generation, Ordering::Relaxed);
         report.restart_required = restart_required;
         self.launcher.set_log(runtime.log.clone());
@@ -162,7 +157,7 @@ fn build_runtime(
     generation: u64,
     config: Arc<Config>,
     old: Option<&Runtime>,
-    stdout_log: &LogSink,
+    log: LogSink,
     policy: &PolicyHost,
     node: &Arc<Node>,
 ) -> Result<(Runtime, ReloadReport), ConfigError> {
@@ -218,11 +213,6 @@ fn build_runtime(
         rt.retire();
     }
     let router = Router::new(&config);
-    let log = if config.log_stdout {
-        stdout_log.clone()
-    } else {
-        LogSink::off()
-    };
     let by_id = config
         .functions
         .iter()
@@ -241,6 +231,45 @@ fn build_runtime(
         },
         report,
     ))
+}
+
+/// The generation's log routing: global sinks, and each service with its own `log` settings.
+/// A file that cannot be opened is a config problem: the start or reload fails and says why.
+fn log_router(config: &Config, sinks: &SinkRegistry) -> Result<LogSink, ConfigError> {
+    let mut problems = Vec::new();
+    let mut open =
+        |path: String, s: &config::LogSinks, out: &mut Vec<Arc<crate::telemetry::Sink>>| {
+            if s.stdout {
+                out.push(sinks.stdout());
+            }
+            if let Some(f) = &s.file {
+                match sinks.file(&FileTarget::new(f.path.clone(), f.max_size, f.keep)) {
+                    Ok(sink) => out.push(sink),
+                    Err(e) => problems.push(Problem {
+                        path,
+                        message: format!("cannot open {}: {e}", f.path.display()),
+                    }),
+                }
+            }
+        };
+    let mut global = Vec::new();
+    open("telemetry.log.file".into(), &config.log, &mut global);
+    let mut services = HashMap::new();
+    for (name, svc) in &config.service_logs {
+        let mut own = Vec::new();
+        open(format!("service `{name}` log.file"), &svc.sinks, &mut own);
+        if svc.inherit {
+            own.extend(global.iter().cloned());
+        }
+        services.insert(name.clone(), own);
+    }
+    if !problems.is_empty() {
+        return Err(ConfigError {
+            file: config.file.clone(),
+            problems,
+        });
+    }
+    Ok(LogSink::routed(global, services))
 }
 
 fn server_changes(old: &ServerSettings, new: &ServerSettings) -> Vec<String> {

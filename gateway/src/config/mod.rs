@@ -124,7 +124,10 @@ pub struct Config {
     pub functions: Vec<Arc<FunctionSpec>>,
     pub triggers: Vec<HttpTriggerSpec>,
     pub plugins: Vec<PluginSpec>,
-    pub log_stdout: bool,
+    /// The global log sinks (`[telemetry] log`): every line unless a service opts out.
+    pub log: LogSinks,
+    /// Services with their own `log` settings, by service name.
+    pub service_logs: std::collections::BTreeMap<String, ServiceLog>,
     /// The node's GPU pool, in config order (card indexes follow it).
     pub gpus: Vec<crate::scheduler::gpu::CardType>,
     /// The account's cap on physical GPU cards in use.
@@ -134,6 +137,37 @@ pub struct Config {
     pub event_sources: Vec<EventSourceSpec>,
     /// `kind = "oss"` triggers, in file order (HTTP triggers are in `triggers`).
     pub oss_triggers: Vec<OssTriggerSpec>,
+}
+
+/// Default `max_size` of a file log sink.
+pub const DEFAULT_LOG_MAX_SIZE: u64 = 64 * 1024 * 1024;
+/// Smallest `max_size` accepted (tests use tiny files; a real one is megabytes).
+pub const MIN_LOG_MAX_SIZE: u64 = 512;
+/// Default number of rotated files kept (`fngate.log.1` … `fngate.log.5`).
+pub const DEFAULT_LOG_KEEP: u32 = 5;
+pub const MAX_LOG_KEEP: u32 = 1000;
+
+/// Where log lines go: stdout and/or one size-rotated file.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LogSinks {
+    pub stdout: bool,
+    pub file: Option<FileSinkSpec>,
+}
+
+/// `file = { path, max_size, keep }`, the path resolved against the config file's directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSinkSpec {
+    pub path: PathBuf,
+    pub max_size: u64,
+    pub keep: u32,
+}
+
+/// A service's own sinks (`[[service]] log`), used by all its functions and instances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceLog {
+    pub sinks: LogSinks,
+    /// The global sinks get the service's lines too (default true).
+    pub inherit: bool,
 }
 
 /// Where object-storage notifications come from (`[[event_source]]`).
@@ -491,7 +525,63 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
-    from_str(&text, path, &base)
+    let config = from_str(&text, path, &base)?;
+    check_log_paths(&config)?;
+    Ok(config)
+}
+
+/// A file sink whose file or directory cannot be written is a config problem (at `check`, start
+/// and reload), found without creating anything: the file, if it exists, must be a writable
+/// regular file; otherwise its nearest existing ancestor must be a writable directory.
+fn check_log_paths(config: &Config) -> Result<(), ConfigError> {
+    use rustix::fs::{Access, access};
+    let mut files = vec![("telemetry.log.file".to_string(), &config.log.file)];
+    for (name, s) in &config.service_logs {
+        files.push((format!("service `{name}` log.file"), &s.sinks.file));
+    }
+    let mut problems = Vec::new();
+    for (path, f) in files {
+        let Some(f) = f else { continue };
+        let problem = match std::fs::metadata(&f.path) {
+            Ok(m) if !m.is_file() => Some("exists and is not a regular file".to_string()),
+            Ok(_) => access(&f.path, Access::WRITE_OK)
+                .err()
+                .map(|e| format!("is not writable: {e}")),
+            Err(_) => {
+                let mut dir = f.path.parent();
+                while let Some(d) = dir
+                    && !d.as_os_str().is_empty()
+                    && !d.exists()
+                {
+                    dir = d.parent();
+                }
+                let d = dir
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                if !d.is_dir() {
+                    Some(format!("{} is not a directory", d.display()))
+                } else {
+                    access(d, Access::WRITE_OK | Access::EXEC_OK)
+                        .err()
+                        .map(|e| format!("cannot be created in {}: {e}", d.display()))
+                }
+            }
+        };
+        if let Some(message) = problem {
+            problems.push(Problem {
+                path,
+                message: format!("{}: {message}", f.path.display()),
+            });
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError {
+            file: config.file.clone(),
+            problems,
+        })
+    }
 }
 
 /// Parses and compiles configuration text; relative paths resolve against `base`.

@@ -126,8 +126,8 @@ pub struct RawService {
     pub name: Option<String>,
     #[serde(default)]
     pub function: Vec<RawFunction>,
-    /// Per-service log sinks arrive with the observability work.
-    pub log: Option<toml::Value>,
+    /// The service's own log sinks (`inherit` says whether the global ones get its lines too).
+    pub log: Option<RawLogSink>,
     /// Environment every process-backend instance of the service's functions gets (a function's
     /// own `backend.env` wins on a clash).
     pub env: Option<std::collections::BTreeMap<String, toml::Value>>,
@@ -276,7 +276,12 @@ pub struct RawTelemetry {
 #[serde(deny_unknown_fields)]
 pub struct RawLogSink {
     pub stdout: Option<bool>,
+    /// `"path"` or `{ path, max_size, keep }`; parsed in validation to name the accepted forms.
     pub file: Option<toml::Value>,
+    /// OTLP logs: refused by name until built.
+    pub otlp: Option<toml::Value>,
+    /// Per service only: whether the global sinks get the service's lines too.
+    pub inherit: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

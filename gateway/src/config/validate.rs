@@ -316,7 +316,10 @@ pub(super) fn compile(
 
     let server = compile_server(&mut cx, &raw.server);
 
-    let mut log_stdout = true;
+    let mut log = LogSinks {
+        stdout: true,
+        file: None,
+    };
     if let Some(t) = &raw.telemetry {
         if t.otlp.is_some() {
             cx.unsupported("telemetry.otlp", "OTLP export");
@@ -330,10 +333,13 @@ pub(super) fn compile(
                 "metrics other than the Prometheus endpoint",
             );
         }
-        if let Some(log) = &t.log {
-            log_stdout = log.stdout.unwrap_or(true);
-            if log.file.is_some() {
-                cx.unsupported("telemetry.log.file", "file log sinks");
+        if let Some(raw_log) = &t.log {
+            log = compile_log_sinks(&mut cx, "telemetry.log", raw_log, true);
+            if raw_log.inherit.is_some() {
+                cx.err(
+                    "telemetry.log.inherit",
+                    "only a service's `log` inherits (the global sinks are the ones inherited)",
+                );
             }
         }
     }
@@ -341,6 +347,7 @@ pub(super) fn compile(
     let mut functions: Vec<Arc<FunctionSpec>> = Vec::new();
     let mut by_id: HashMap<String, usize> = HashMap::new();
     let mut service_names = HashSet::new();
+    let mut service_logs = std::collections::BTreeMap::new();
     for (si, svc) in raw.service.iter().enumerate() {
         let sp = format!("service[{si}]");
         let sname = match &svc.name {
@@ -372,8 +379,15 @@ pub(super) fn compile(
                 format!("service `{sname}` is defined twice"),
             );
         }
-        if svc.log.is_some() {
-            cx.unsupported(format!("{sp}.log"), "per-service log sinks");
+        if let Some(raw_log) = &svc.log {
+            let sinks = compile_log_sinks(&mut cx, &format!("{sp}.log"), raw_log, false);
+            service_logs.insert(
+                sname.clone(),
+                ServiceLog {
+                    sinks,
+                    inherit: raw_log.inherit.unwrap_or(true),
+                },
+            );
         }
         let service_env = match &svc.env {
             Some(env) => compile_env(&mut cx, &format!("{sp}.env"), env),
@@ -463,7 +477,8 @@ pub(super) fn compile(
             functions,
             triggers,
             plugins,
-            log_stdout,
+            log,
+            service_logs,
             gpus,
             gpu_cards_max,
             queue,
@@ -473,6 +488,101 @@ pub(super) fn compile(
     } else {
         Err(cx.problems)
     }
+}
+
+/// `log = { stdout, file, otlp }`: `stdout` defaults to `default_stdout` (true globally, false for
+/// a service, whose lines reach stdout through the global sinks when it inherits them).
+fn compile_log_sinks(cx: &mut Ctx, path: &str, raw: &RawLogSink, default_stdout: bool) -> LogSinks {
+    if raw.otlp.is_some() {
+        cx.unsupported(format!("{path}.otlp"), "OTLP logs");
+    }
+    let file = raw
+        .file
+        .as_ref()
+        .and_then(|v| compile_file_sink(cx, &format!("{path}.file"), v));
+    LogSinks {
+        stdout: raw.stdout.unwrap_or(default_stdout),
+        file,
+    }
+}
+
+/// `file = "logs/fngate.log"` or `file = { path = "…", max_size = "64MiB", keep = 5 }`.
+fn compile_file_sink(cx: &mut Ctx, path: &str, v: &toml::Value) -> Option<FileSinkSpec> {
+    const FORMS: &str = "write `file = \"logs/fngate.log\"` or `file = { path = \"logs/fngate.log\", max_size = \"64MiB\", keep = 5 }`";
+    let (file, max_size, keep) = match v {
+        toml::Value::String(p) => (p.clone(), None, None),
+        toml::Value::Table(t) => {
+            for k in t.keys() {
+                if !matches!(k.as_str(), "path" | "max_size" | "keep") {
+                    cx.err(
+                        format!("{path}.{k}"),
+                        "unknown key; expected `path`, `max_size` or `keep`",
+                    );
+                }
+            }
+            let Some(p) = t.get("path").and_then(toml::Value::as_str) else {
+                cx.err(
+                    format!("{path}.path"),
+                    format!("missing or not a string; {FORMS}"),
+                );
+                return None;
+            };
+            let max_size = match t.get("max_size") {
+                None => None,
+                Some(toml::Value::Integer(n)) if *n >= 0 => Some(SizeValue::Bytes(*n as u64)),
+                Some(toml::Value::String(s)) => Some(SizeValue::Text(s.clone())),
+                Some(_) => {
+                    cx.err(
+                        format!("{path}.max_size"),
+                        "a size: bytes or a string such as \"64MiB\"",
+                    );
+                    None
+                }
+            };
+            let keep = match t.get("keep") {
+                None => None,
+                Some(toml::Value::Integer(n)) if *n >= 0 => Some(*n as u64),
+                Some(_) => {
+                    cx.err(
+                        format!("{path}.keep"),
+                        "a number of rotated files (0 or more)",
+                    );
+                    None
+                }
+            };
+            (p.to_string(), max_size, keep)
+        }
+        _ => {
+            cx.err(path.to_string(), FORMS);
+            return None;
+        }
+    };
+    if file.trim().is_empty() || file.ends_with('/') {
+        cx.err(
+            path.to_string(),
+            format!("`{file}` is not a file path; {FORMS}"),
+        );
+        return None;
+    }
+    let max_size = cx.size(
+        format!("{path}.max_size"),
+        &max_size,
+        DEFAULT_LOG_MAX_SIZE,
+        MIN_LOG_MAX_SIZE,
+        u64::MAX / 2,
+    );
+    let keep = cx.count(
+        format!("{path}.keep"),
+        keep,
+        u64::from(DEFAULT_LOG_KEEP),
+        0,
+        u64::from(MAX_LOG_KEEP),
+    ) as u32;
+    Some(FileSinkSpec {
+        path: cx.file_path(&file),
+        max_size,
+        keep,
+    })
 }
 
 fn compile_server(cx: &mut Ctx<'_>, s: &RawServer) -> Option<ServerSettings> {
@@ -2755,5 +2865,62 @@ source = "rgw"
             );
         }
         assert_eq!(p.len(), expect.len(), "{}", p.join("\n"));
+    }
+
+    #[test]
+    fn log_sinks_compile_globally_and_per_service() {
+        let text = GOOD.replace(
+            "[[service]]\nname = \"demo\"\n",
+            "[[service]]\nname = \"demo\"\nlog = { file = { path = \"logs/demo.log\", max_size = \"1MiB\", keep = 2 }, inherit = false }\n",
+        ) + "\n[telemetry]\nlog = { stdout = false, file = \"/var/log/fngate.log\" }\n";
+        let c = compile_with_env(&text, &[("ECHO_TOKEN", "t")]).unwrap();
+        assert!(!c.log.stdout);
+        assert_eq!(
+            c.log.file,
+            Some(FileSinkSpec {
+                path: "/var/log/fngate.log".into(),
+                max_size: DEFAULT_LOG_MAX_SIZE,
+                keep: DEFAULT_LOG_KEEP,
+            })
+        );
+        let demo = &c.service_logs["demo"];
+        assert!(!demo.inherit && !demo.sinks.stdout);
+        assert_eq!(
+            demo.sinks.file,
+            Some(FileSinkSpec {
+                path: "/cfg/logs/demo.log".into(),
+                max_size: 1 << 20,
+                keep: 2,
+            })
+        );
+        // Defaults: stdout on, no file, no per-service settings.
+        let c = compile_with_env(GOOD, &[("ECHO_TOKEN", "t")]).unwrap();
+        assert_eq!(
+            c.log,
+            LogSinks {
+                stdout: true,
+                file: None
+            }
+        );
+        assert!(c.service_logs.is_empty());
+    }
+
+    #[test]
+    fn bad_log_sinks() {
+        let text = GOOD.replace(
+            "[[service]]\nname = \"demo\"\n",
+            "[[service]]\nname = \"demo\"\nlog = { file = { path = \"d.log\", max_size = \"10\", keep = -1, colour = 1 }, otlp = {} }\n",
+        ) + "\n[telemetry]\nlog = { file = 7, inherit = true }\n";
+        let p = problems(&text).join("\n");
+        for want in [
+            "telemetry.log.file: write `file = ",
+            "telemetry.log.inherit: only a service's `log` inherits",
+            "service[0].log.file.colour: unknown key",
+            "service[0].log.file.keep: a number of rotated files",
+            "service[0].log.file.max_size: 10 bytes is outside 512..=",
+            "service[0].log.otlp: not supported by this build yet (OTLP logs)",
+        ] {
+            assert!(p.contains(want), "missing `{want}` in:\n{p}");
+        }
     }
 }

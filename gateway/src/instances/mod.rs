@@ -1,6 +1,7 @@
 //! Process instances: spawning a function's command on a loopback port, waiting for readiness,
-//! health probes, capturing its output into the log stream, and stopping it (SIGTERM, then
-//! SIGKILL after the grace period) so that no child outlives the gateway.
+//! health probes, capturing its output into the log stream (and a per-instance ring of recent
+//! lines for `x-fngate-log-type: tail`), and stopping it (SIGTERM, then SIGKILL after the grace
+//! period) so that no child outlives the gateway.
 //!
 //! The scheduler decides *when* an instance starts or stops; this module only carries that out and
 //! reports back (`FunctionRuntime::instance_ready` / `instance_gone`). One tokio task supervises
@@ -12,9 +13,10 @@ use crate::config::ProcessSpec;
 use crate::scheduler::{ColdStart, FunctionRuntime, Gone, Instance, Launcher};
 use crate::telemetry::{self, LogSink};
 use arc_swap::ArcSwap;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, OwnedFd};
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -23,8 +25,13 @@ use tokio_util::task::TaskTracker;
 
 /// Longest instance output line kept; longer ones are cut (and say so).
 const MAX_LINE: usize = 16 * 1024;
-/// Output lines kept per instance for start-failure messages.
+/// Output lines kept per instance at least (start-failure messages use the last one).
 const TAIL_LINES: usize = 8;
+/// Bytes of an invocation's output `x-fngate-log-type: tail` returns (as Function Compute does);
+/// each instance's ring keeps at least this much of its latest output.
+pub const TAIL_BYTES: usize = 4096;
+/// Longest a tail request waits for output already written to the pipes to be read.
+const TAIL_SETTLE: Duration = Duration::from_millis(50);
 /// Start-up probes run every `STARTUP_PROBE_FIRST` while the port refuses connections (a refused
 /// loopback connect costs microseconds, and noticing the port late is most of the gateway's
 /// share of a cold start). Once something listens but is not ready yet (a model still loading
@@ -35,11 +42,122 @@ const STARTUP_PROBE_MAX: Duration = Duration::from_millis(5);
 /// Starts and supervises process instances for every function.
 #[derive(Debug)]
 pub struct ProcessLauncher {
-    log: ArcSwap<LogSink>,
+    /// Shared with every capture task, so a reload re-routes running instances' output too.
+    log: Arc<ArcSwap<LogSink>>,
+    /// Each live instance's recent output, by instance id (for log tails).
+    outputs: Outputs,
     tasks: TaskTracker,
     closing: AtomicBool,
     /// Process groups alive now, for the last-resort kill at shutdown.
     groups: Groups,
+}
+
+/// The output rings of live instances.
+#[derive(Debug, Clone, Default)]
+struct Outputs(Arc<Mutex<HashMap<Arc<str>, Arc<OutputRing>>>>);
+
+impl Outputs {
+    fn set(&self, id: &Arc<str>, ring: Option<Arc<OutputRing>>) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match ring {
+            Some(r) => m.insert(id.clone(), r),
+            None => m.remove(id),
+        };
+    }
+}
+
+/// An instance's latest output lines, numbered, so a request can take the lines printed since it
+/// started on the instance. Written by the capture tasks; read only by tail requests.
+#[derive(Debug, Default)]
+pub struct OutputRing {
+    /// The number the next line gets.
+    next: AtomicU64,
+    lines: Mutex<RingLines>,
+    /// Duplicates of the read ends of the instance's stdout and stderr pipes: what is still
+    /// unread in them (FIONREAD) is output the ring does not have yet.
+    pipes: Mutex<Vec<OwnedFd>>,
+}
+
+#[derive(Debug, Default)]
+struct RingLines {
+    lines: VecDeque<(u64, String)>,
+    bytes: usize,
+}
+
+impl OutputRing {
+    fn push(&self, line: String) {
+        let mut r = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        let seq = self.next.load(Ordering::Relaxed);
+        r.bytes += line.len() + 1;
+        r.lines.push_back((seq, line));
+        // Keep at least TAIL_BYTES and TAIL_LINES; drop older lines beyond both.
+        while r.lines.len() > TAIL_LINES {
+            let front = r.lines.front().map_or(0, |(_, l)| l.len() + 1);
+            if r.bytes - front < TAIL_BYTES {
+                break;
+            }
+            r.bytes -= front;
+            r.lines.pop_front();
+        }
+        self.next.store(seq + 1, Ordering::Release);
+    }
+
+    /// The number the next line will get: a request's starting point.
+    pub fn seq(&self) -> u64 {
+        self.next.load(Ordering::Acquire)
+    }
+
+    /// The last `TAIL_BYTES` of the lines numbered `from` and later, each ending in a newline
+    /// (cut at a character boundary, so possibly starting inside a line).
+    pub fn since(&self, from: u64) -> Vec<u8> {
+        let r = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for (seq, line) in &r.lines {
+            if *seq >= from {
+                out.extend_from_slice(line.as_bytes());
+                out.push(b'\n');
+            }
+        }
+        drop(r);
+        if out.len() > TAIL_BYTES {
+            let mut cut = out.len() - TAIL_BYTES;
+            // Lines are valid UTF-8: skip continuation bytes to the next character.
+            while cut < out.len() && (out[cut] & 0xC0) == 0x80 {
+                cut += 1;
+            }
+            out.drain(..cut);
+        }
+        out
+    }
+
+    /// Waits (at most `TAIL_SETTLE`) until what the instance wrote before now has been read into
+    /// the ring: the backend writes its lines before its response, but the gateway reads the
+    /// pipes and the response on different tasks.
+    pub async fn settle(&self) {
+        let deadline = tokio::time::Instant::now() + TAIL_SETTLE;
+        loop {
+            let unread: u64 = {
+                let pipes = self.pipes.lock().unwrap_or_else(|e| e.into_inner());
+                pipes
+                    .iter()
+                    .map(|p| rustix::io::ioctl_fionread(p).unwrap_or(0))
+                    .sum()
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            // A capture task may be between reading the pipe and pushing its lines.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            if unread == 0 {
+                return;
+            }
+        }
+    }
+
+    fn last(&self) -> Option<String> {
+        let r = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        r.lines.back().map(|(_, l)| l.chars().take(300).collect())
+    }
 }
 
 /// Process-group ids of live instances.
@@ -64,16 +182,24 @@ impl Groups {
 impl ProcessLauncher {
     pub fn new(log: LogSink) -> Arc<Self> {
         Arc::new(ProcessLauncher {
-            log: ArcSwap::from_pointee(log),
+            log: Arc::new(ArcSwap::from_pointee(log)),
+            outputs: Outputs::default(),
             tasks: TaskTracker::new(),
             closing: AtomicBool::new(false),
             groups: Groups::default(),
         })
     }
 
-    /// Where instance output goes; follows the config's log settings on reload.
+    /// Where instance output goes; follows the config's log settings on reload (running
+    /// instances included).
     pub fn set_log(&self, log: LogSink) {
         self.log.store(Arc::new(log));
+    }
+
+    /// The recent output of a live process instance (none for static endpoints).
+    pub fn output(&self, instance: &str) -> Option<Arc<OutputRing>> {
+        let m = self.outputs.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(instance).cloned()
     }
 
     /// Waits for every supervised process to be stopped and reaped (the caller has asked each
@@ -107,24 +233,27 @@ impl Launcher for ProcessLauncher {
             );
             return;
         }
-        let log = self.log.load_full();
+        let log = self.log.clone();
         let groups = self.groups.clone();
+        let outputs = self.outputs.clone();
         self.tasks.spawn(async move {
-            supervise(log, groups, function, inst, spec).await;
+            supervise(log, groups, outputs, function, inst, spec).await;
         });
     }
 }
 
 /// One instance from spawn to reaping.
 async fn supervise(
-    log: Arc<LogSink>,
+    log: Arc<ArcSwap<LogSink>>,
     groups: Groups,
+    outputs: Outputs,
     function: Arc<FunctionRuntime>,
     inst: Arc<Instance>,
     spec: Arc<ProcessSpec>,
 ) {
     let t0 = Instant::now();
     let fid = function.spec().id.clone();
+    let service = function.spec().service.clone();
     let port = match free_port() {
         Ok(p) => p,
         Err(e) => {
@@ -153,26 +282,26 @@ async fn supervise(
     inst.set_pid(pid);
     groups.set(pid, true);
     let spawn_time = t0.elapsed();
-    let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
+    let tail = Arc::new(OutputRing::default());
+    outputs.set(&inst.id, Some(tail.clone()));
+    let who = Source {
+        function: fid.clone(),
+        service,
+        instance: inst.id.clone(),
+    };
     if let Some(out) = child.stdout.take() {
+        tail.watch(&out);
         tokio::spawn(capture(
             out,
             "stdout",
-            fid.clone(),
-            inst.id.clone(),
+            who.clone(),
             log.clone(),
             tail.clone(),
         ));
     }
     if let Some(err) = child.stderr.take() {
-        tokio::spawn(capture(
-            err,
-            "stderr",
-            fid.clone(),
-            inst.id.clone(),
-            log,
-            tail.clone(),
-        ));
+        tail.watch(&err);
+        tokio::spawn(capture(err, "stderr", who, log, tail.clone()));
     }
     tracing::debug!(function = %fid, instance = %inst.id, pid, port, "instance spawned");
 
@@ -211,6 +340,7 @@ async fn supervise(
     // Whatever the leader did, no member of its group outlives the instance.
     signal_group(pid, rustix::process::Signal::KILL);
     groups.set(pid, false);
+    outputs.set(&inst.id, None);
     let gone = match gone {
         Gone::Exited(msg) => Gone::Exited(format!("{msg}{}", last_output(&tail))),
         g => g,
@@ -398,15 +528,41 @@ fn spawn(spec: &ProcessSpec, function: &str, inst: &Instance, port: u16) -> std:
     cmd.spawn()
 }
 
-/// Forwards an instance's output, line by line, into the log stream.
+/// Whose output a capture task reads.
+#[derive(Debug, Clone)]
+struct Source {
+    function: String,
+    service: String,
+    instance: Arc<str>,
+}
+
+impl OutputRing {
+    fn watch(&self, pipe: &impl AsFd) {
+        match rustix::io::dup(pipe) {
+            Ok(fd) => self
+                .pipes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(fd),
+            // Tails then only miss the settle wait; not worth failing the instance for.
+            Err(e) => tracing::debug!("cannot duplicate an instance pipe: {e}"),
+        }
+    }
+}
+
+/// Forwards an instance's output, line by line, into the log stream and the instance's ring.
 async fn capture(
     stream: impl AsyncRead + Unpin,
     name: &'static str,
-    function: String,
-    instance: Arc<str>,
-    log: Arc<LogSink>,
-    tail: Arc<Mutex<VecDeque<String>>>,
+    who: Source,
+    log: Arc<ArcSwap<LogSink>>,
+    tail: Arc<OutputRing>,
 ) {
+    let Source {
+        function,
+        service,
+        instance,
+    } = who;
     let mut reader = BufReader::with_capacity(MAX_LINE, stream);
     let mut buf = Vec::with_capacity(1024);
     let lines = metrics::counter!(telemetry::INSTANCE_LOG_LINES, "function" => function.clone(), "stream" => name);
@@ -441,33 +597,27 @@ async fn capture(
             line.push_str(" …[truncated]");
         }
         lines.increment(1);
-        log.emit(&telemetry::InstanceLog {
-            ts: telemetry::rfc3339_now(),
-            kind: "instance_log",
-            function: &function,
-            instance_id: &instance,
-            stream: name,
-            line: &line,
-        });
-        let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
-        if t.len() == TAIL_LINES {
-            t.pop_front();
-        }
-        t.push_back(line);
-        drop(t);
+        log.load().emit_for(
+            Some(&service),
+            &telemetry::InstanceLog {
+                ts: telemetry::rfc3339_now(),
+                kind: "instance_log",
+                function: &function,
+                instance_id: &instance,
+                stream: name,
+                line: &line,
+            },
+        );
+        tail.push(line);
         if eof {
             return;
         }
     }
 }
 
-fn last_output(tail: &Mutex<VecDeque<String>>) -> String {
-    let t = tail.lock().unwrap_or_else(|e| e.into_inner());
-    match t.back() {
-        Some(l) => {
-            let l: String = l.chars().take(300).collect();
-            format!("; last output: {l}")
-        }
+fn last_output(tail: &OutputRing) -> String {
+    match tail.last() {
+        Some(l) => format!("; last output: {l}"),
         None => String::new(),
     }
 }
@@ -485,19 +635,22 @@ fn describe(s: ExitStatus) -> String {
 mod tests {
     use super::*;
 
+    async fn ring_of(input: &[u8]) -> Arc<OutputRing> {
+        let tail = Arc::new(OutputRing::default());
+        let who = Source {
+            function: "s/f".into(),
+            service: "s".into(),
+            instance: "s-f-1".into(),
+        };
+        let log = Arc::new(ArcSwap::from_pointee(LogSink::off()));
+        capture(input, "stdout", who, log, tail.clone()).await;
+        tail
+    }
+
     async fn lines_of(input: &[u8]) -> Vec<String> {
-        let tail = Arc::new(Mutex::new(VecDeque::new()));
-        capture(
-            input,
-            "stdout",
-            "s/f".into(),
-            "s-f-1".into(),
-            Arc::new(LogSink::off()),
-            tail.clone(),
-        )
-        .await;
-        let t = tail.lock().unwrap();
-        t.iter().cloned().collect()
+        let tail = ring_of(input).await;
+        let t = tail.lines.lock().unwrap();
+        t.lines.iter().map(|(_, l)| l.clone()).collect()
     }
 
     #[tokio::test]
@@ -517,11 +670,43 @@ mod tests {
         assert_eq!(got[1], "after");
         // Invalid UTF-8 is replaced, never fatal.
         assert_eq!(lines_of(b"a\xffb\n").await, ["a\u{fffd}b"]);
-        // Only the last TAIL_LINES are kept for error messages.
+        // Short lines: all of the last TAIL_BYTES are kept.
         let many: String = (0..20).map(|i| format!("l{i}\n")).collect();
         let got = lines_of(many.as_bytes()).await;
+        assert_eq!(got.len(), 20);
+        // Long lines: at least TAIL_LINES and TAIL_BYTES, older ones dropped.
+        let many: String = (0..20)
+            .map(|i| format!("{i:04}{}\n", "x".repeat(996)))
+            .collect();
+        let got = lines_of(many.as_bytes()).await;
         assert_eq!(got.len(), TAIL_LINES);
-        assert_eq!(got.last().unwrap(), "l19");
+        assert!(got.last().unwrap().starts_with("0019"));
+    }
+
+    #[tokio::test]
+    async fn tails_take_the_lines_since_a_request_started() {
+        let ring = OutputRing::default();
+        ring.push("before".into());
+        let start = ring.seq();
+        ring.push("during one".into());
+        ring.push("during two".into());
+        assert_eq!(ring.since(start), b"during one\nduring two\n");
+        assert_eq!(ring.since(ring.seq()), b"");
+        // More than TAIL_BYTES since the start: the last TAIL_BYTES, cut at a char boundary.
+        let start = ring.seq();
+        for i in 0..100 {
+            ring.push(format!("é{i:03}{}", "y".repeat(95)));
+        }
+        let got = ring.since(start);
+        assert!(
+            got.len() <= TAIL_BYTES && got.len() > TAIL_BYTES - 4,
+            "{}",
+            got.len()
+        );
+        let text = String::from_utf8(got).expect("cut at a character boundary");
+        assert!(text.ends_with(&format!("é099{}\n", "y".repeat(95))));
+        // No pipes: settling returns at once.
+        ring.settle().await;
     }
 
     #[test]

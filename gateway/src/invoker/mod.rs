@@ -247,6 +247,18 @@ async fn invoke(
         }
         None => trigger.invocation == crate::config::InvocationType::Async,
     };
+    // `x-fngate-log-type: tail`: the instance's output while serving this request comes back
+    // in `x-fngate-log-result`. Without the header the request pays one header lookup.
+    let want_tail = match parts.headers.get(&X_LOG_TYPE).map(|v| v.as_bytes()) {
+        None => false,
+        Some(v) if v.eq_ignore_ascii_case(b"tail") => true,
+        Some(v) if v.eq_ignore_ascii_case(b"none") => false,
+        Some(_) => {
+            return Err(GatewayError::BadRequest(
+                "x-fngate-log-type must be `tail` or `none`".into(),
+            ));
+        }
+    };
 
     // 3. Admission: a declared length over the limit (an async payload is stored whole, so its
     // limit may be smaller) is refused before taking a slot or storing anything.
@@ -356,6 +368,16 @@ async fn invoke(
     let instance = slot.instance().clone();
     record.instance = Some(instance.clone());
     let cold = slot.cold().then(|| instance.cold_start()).flatten();
+    // Output numbered from here on is this request's (and that of requests overlapping it on
+    // the same instance). Static endpoints have no captured output.
+    let tail = if want_tail {
+        Some(gw.launcher.output(&instance.id).map(|ring| {
+            let from = ring.seq();
+            (ring, from)
+        }))
+    } else {
+        None
+    };
     record.cold_start = cold.map(|c| (queue_wait, c));
     let Some(authority) = instance.authority().cloned() else {
         // Only ready instances get slots, and they always have an address: a bug if reached.
@@ -443,6 +465,18 @@ async fn invoke(
             HeaderValue::from(queue_wait.as_millis() as u64),
         );
     }
+    if let Some(tail) = tail {
+        let text = match tail {
+            Some((ring, from)) => {
+                ring.settle().await;
+                ring.since(from)
+            }
+            None => Vec::new(),
+        };
+        let v = HeaderValue::from_str(&telemetry::base64(&text))
+            .expect("base64 is a valid header value");
+        parts.headers.insert(X_LOG_RESULT.clone(), v);
+    }
     record.status = parts.status.as_u16();
     let body = ProxyBody {
         inner: body,
@@ -459,6 +493,8 @@ async fn invoke(
 
 static X_INVOCATION_TYPE: http::HeaderName =
     http::HeaderName::from_static("x-fngate-invocation-type");
+static X_LOG_TYPE: http::HeaderName = http::HeaderName::from_static("x-fngate-log-type");
+static X_LOG_RESULT: http::HeaderName = http::HeaderName::from_static("x-fngate-log-result");
 static X_ASYNC_DELAY: http::HeaderName = http::HeaderName::from_static("x-fngate-async-delay");
 /// Longest `x-fngate-async-delay` accepted.
 const MAX_ASYNC_DELAY_S: u64 = 24 * 3600;
@@ -847,7 +883,7 @@ impl Record {
             error: self.error.as_deref(),
             tenant: self.tenant.as_deref(),
         };
-        rt.log.emit(&line);
+        rt.log.emit_for(fspec.map(|f| f.service.as_str()), &line);
     }
 }
 

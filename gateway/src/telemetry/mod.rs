@@ -4,10 +4,12 @@
 //! formats a metric name or allocates a label. Labels stay low-cardinality: function, status class,
 //! reason, listener — never request ids or paths. The names are documented in `docs/metrics.md`.
 
+#[cfg(test)]
+mod doc_check;
 mod log;
 pub mod window;
 
-pub use log::{InstanceLog, InvocationLog, LogSink};
+pub use log::{FileTarget, InstanceLog, InvocationLog, LogSink, Sink, SinkRegistry, rotated};
 pub use window::{Window, WindowSnapshot};
 
 use metrics::{Counter, Gauge, Histogram};
@@ -118,7 +120,7 @@ fn describe() {
     describe_counter!(CERT_RELOADS, "TLS certificate reloads, by result");
     describe_counter!(
         LOG_LINES_DROPPED,
-        "Log lines dropped because the sink could not keep up"
+        "Log lines dropped because a sink could not keep up or write, by sink (stdout, file)"
     );
     describe_counter!(
         EVENTS_RECEIVED,
@@ -361,6 +363,25 @@ impl std::fmt::Debug for RequestId {
     }
 }
 
+/// Standard base64 with padding (the `x-fngate-log-result` header).
+pub fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let v = (chunk[0] as u32) << 16
+            | (chunk.get(1).copied().unwrap_or(0) as u32) << 8
+            | chunk.get(2).copied().unwrap_or(0) as u32;
+        for i in 0..4 {
+            out.push(if i <= chunk.len() {
+                T[((v >> (18 - 6 * i)) & 63) as usize] as char
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
+
 /// RFC 3339 UTC timestamp with milliseconds, without pulling in a date crate.
 pub fn rfc3339_now() -> String {
     let now = SystemTime::now()
@@ -400,6 +421,15 @@ mod tests {
         assert_ne!(a.as_str(), b.as_str());
         assert_eq!(a.as_str().len(), 16);
         assert!(a.as_str().bytes().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn base64_encodes() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(&[0xff, 0x00, 0x10, 0x80]), "/wAQgA==");
     }
 
     #[test]
