@@ -32,6 +32,8 @@ const TAIL_LINES: usize = 8;
 pub const TAIL_BYTES: usize = 4096;
 /// Longest a tail request waits for output already written to the pipes to be read.
 const TAIL_SETTLE: Duration = Duration::from_millis(50);
+/// Longest a start failure waits for the exited process's remaining output to be read.
+const EXIT_OUTPUT_WAIT: Duration = Duration::from_millis(500);
 /// Start-up probes run every `STARTUP_PROBE_FIRST` while the port refuses connections (a refused
 /// loopback connect costs microseconds, and noticing the port late is most of the gateway's
 /// share of a cold start). Once something listens but is not ready yet (a model still loading
@@ -289,19 +291,20 @@ async fn supervise(
         service,
         instance: inst.id.clone(),
     };
+    let mut captures = Vec::with_capacity(2);
     if let Some(out) = child.stdout.take() {
         tail.watch(&out);
-        tokio::spawn(capture(
+        captures.push(tokio::spawn(capture(
             out,
             "stdout",
             who.clone(),
             log.clone(),
             tail.clone(),
-        ));
+        )));
     }
     if let Some(err) = child.stderr.take() {
         tail.watch(&err);
-        tokio::spawn(capture(err, "stderr", who, log, tail.clone()));
+        captures.push(tokio::spawn(capture(err, "stderr", who, log, tail.clone())));
     }
     tracing::debug!(function = %fid, instance = %inst.id, pid, port, "instance spawned");
 
@@ -318,11 +321,20 @@ async fn supervise(
                 Gone::Stopped
             }
         }
-        Startup::Exited(status) => Gone::StartFailed(format!(
-            "exited with {} during start-up{}",
-            describe(status),
-            last_output(&tail)
-        )),
+        Startup::Exited(status) => {
+            // Its last words explain the failure: let the capture tasks read the pipes to the
+            // end (bounded: a grandchild may still hold them open).
+            let _ = tokio::time::timeout(
+                EXIT_OUTPUT_WAIT,
+                futures_util::future::join_all(captures.iter_mut()),
+            )
+            .await;
+            Gone::StartFailed(format!(
+                "exited with {} during start-up{}",
+                describe(status),
+                last_output(&tail)
+            ))
+        }
         Startup::TimedOut(last) => {
             stop(&mut child, pid, spec.stop_grace).await;
             Gone::StartFailed(format!(
