@@ -425,3 +425,31 @@ async fn list_pages_in_accept_order_with_filters() {
         .is_err()
     );
 }
+
+#[test]
+fn generated_ids_are_recognised() {
+    let id = crate::queue::new_task_id();
+    assert!(looks_generated(&id), "{id}");
+    assert!(!looks_generated("t_caller"));
+    assert!(!looks_generated("_ev-0123456789abcdef0123456789ab"));
+}
+
+#[tokio::test]
+async fn a_generated_id_repeated_by_a_caller_still_runs_once() {
+    let srv = Server::start();
+    let s = srv.store().await;
+    let id = crate::queue::new_task_id();
+    assert!(matches!(
+        s.accept(task(&id, 0)).await.unwrap(),
+        AcceptOutcome::Stored(_)
+    ));
+    // The lookup is skipped for this shape; the record still answers for the id.
+    let mut again = task(&id, 0);
+    again.request_id = "r-other".into();
+    assert!(matches!(
+        s.accept(again).await.unwrap(),
+        AcceptOutcome::Existing(_)
+    ));
+    assert_eq!(claim_n(&s, 10).await.tasks.len(), 1);
+    assert!(claim_n(&s, 10).await.tasks.is_empty());
+}
