@@ -11,6 +11,9 @@ bin=target/debug
 data=target/demo-data
 mkdir -p "$data"
 
+# The token object-store notifications must carry (config/demo.toml's event source).
+export FNGATE_DEMO_EVENT_TOKEN="${FNGATE_DEMO_EVENT_TOKEN:-demo-event-token-0123456789}"
+
 # demo/model's instances are started by fngate from PATH.
 export PATH="$PWD/$bin:$PATH"
 
@@ -38,6 +41,9 @@ fngate is running (invocation log: $data/invocations.log). Try:
   curl --cacert $data/tls/ca.pem -i -H 'x-fngate-invocation-type: async' -H 'x-fngate-task-id: job_1' https://localhost:8443/echo/work -d '{"n":1}'   # 202, stored durably
   curl --cacert $data/tls/ca.pem -H "authorization: Bearer \$(cat $data/admin-token)" https://localhost:9443/tasks/job_1   # its state, attempts and result
   curl --cacert $data/tls/ca.pem -H "authorization: Bearer \$(cat $data/admin-token)" https://localhost:9443/admin/functions
+  curl --cacert $data/tls/ca.pem -H "authorization: Bearer $FNGATE_DEMO_EVENT_TOKEN" https://localhost:8443/events/uploads \\
+       -d @config/demo-upload.json   # an S3 notification of 2 uploads: 1 matches images/*.png, 1 task
+  curl --cacert $data/tls/ca.pem -H "authorization: Bearer \$(cat $data/admin-token)" 'https://localhost:9443/tasks?function=demo/echo'
   curl --cacert $data/tls/ca.pem -H "authorization: Bearer \$(cat $data/admin-token)" https://localhost:9443/admin/functions/demo/model/instances
 
 Live dashboard: open https://localhost:9443/ (trust $data/tls/ca.pem or accept the warning)
