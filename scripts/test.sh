@@ -38,6 +38,8 @@ if ((${#need_apt[@]} + ${#need_apt_lean[@]})); then
     fi
 fi
 if ((pip_boto3)); then python3 -m pip install --user --quiet boto3; fi
+# The OTLP trace test's collector: rotel (PyPI wheel shipping the collector binary).
+python3 -c 'import rotel' 2>/dev/null || [ -n "${FNGATE_ROTEL:-}" ] || python3 -m pip install --user --quiet rotel
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 # playwright-core for that test, pinned in tests/browser/package-lock.json (needs Node.js >= 20).
 [ -d tests/browser/node_modules/playwright-core ] || (cd tests/browser && npm ci --no-audit --no-fund)

@@ -65,6 +65,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     });
 
+    if let Some(t) = &config.traces {
+        crate::telemetry::trace::init(&t.endpoint, t.sample_ratio)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        tracing::info!(endpoint = %t.endpoint, sample_ratio = t.sample_ratio, "invocation traces go to OTLP (HTTP/protobuf)");
+    }
     let limits = s.limits.clone();
     let policy = PolicyHost::new()?;
     let gw = Gateway::new(config, prometheus, admin_token, policy)
@@ -183,6 +188,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     gw.launcher
         .shutdown(longest_grace + Duration::from_secs(2))
         .await;
+    // Spans still buffered go out before the process ends (blocking: the exporter's thread).
+    let _ = tokio::task::spawn_blocking(crate::telemetry::trace::shutdown).await;
     let _ = std::fs::remove_file(s.data_dir.join(LISTENERS_FILE));
     Ok(())
 }

@@ -17,3 +17,4 @@ mod plugins;
 mod prometheus;
 mod routing;
 mod scheduling;
+mod traces;

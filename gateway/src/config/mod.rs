@@ -128,6 +128,8 @@ pub struct Config {
     pub log: LogSinks,
     /// Services with their own `log` settings, by service name.
     pub service_logs: std::collections::BTreeMap<String, ServiceLog>,
+    /// OTLP trace export (`[telemetry] otlp` + `traces`); `None`: no traces.
+    pub traces: Option<TracesSpec>,
     /// The node's GPU pool, in config order (card indexes follow it).
     pub gpus: Vec<crate::scheduler::gpu::CardType>,
     /// The account's cap on physical GPU cards in use.
@@ -273,6 +275,18 @@ pub enum QueueKind {
 
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 pub const DEFAULT_NATS_STREAM: &str = "FNGATE";
+
+/// Where invocation spans go and how many.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracesSpec {
+    /// The collector's base URL (`http://HOST:PORT`); spans go to `/v1/traces`.
+    pub endpoint: String,
+    /// Share of traces started here that are recorded (a client's `traceparent` decides for
+    /// its own).
+    pub sample_ratio: f64,
+}
+
+pub const DEFAULT_TRACE_SAMPLE_RATIO: f64 = 0.1;
 
 /// Where a destination record goes.
 #[derive(Debug, Clone, PartialEq, Eq)]

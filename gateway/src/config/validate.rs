@@ -320,13 +320,9 @@ pub(super) fn compile(
         stdout: true,
         file: None,
     };
+    let mut traces = None;
     if let Some(t) = &raw.telemetry {
-        if t.otlp.is_some() {
-            cx.unsupported("telemetry.otlp", "OTLP export");
-        }
-        if t.traces.is_some() {
-            cx.unsupported("telemetry.traces", "OpenTelemetry traces");
-        }
+        traces = compile_traces(&mut cx, t.otlp.as_ref(), t.traces.as_ref());
         if t.metrics.is_some() {
             cx.unsupported(
                 "telemetry.metrics",
@@ -479,6 +475,7 @@ pub(super) fn compile(
             plugins,
             log,
             service_logs,
+            traces,
             gpus,
             gpu_cards_max,
             queue,
@@ -488,6 +485,87 @@ pub(super) fn compile(
     } else {
         Err(cx.problems)
     }
+}
+
+/// `[telemetry] otlp = { endpoint, protocol }` and `traces = { sample_ratio }`: traces are
+/// exported when `otlp` is set (`traces` alone is an error: it has nowhere to go).
+fn compile_traces(
+    cx: &mut Ctx<'_>,
+    otlp: Option<&toml::Value>,
+    traces: Option<&toml::Value>,
+) -> Option<TracesSpec> {
+    let table = |cx: &mut Ctx<'_>, path: &str, v: &toml::Value, keys: &[&str]| {
+        let Some(t) = v.as_table() else {
+            cx.err(path, "expected a table");
+            return None;
+        };
+        for k in t.keys() {
+            if !keys.contains(&k.as_str()) {
+                cx.err(
+                    format!("{path}.{k}"),
+                    format!("unknown key; expected one of {}", keys.join(", ")),
+                );
+            }
+        }
+        Some(t.clone())
+    };
+    let Some(otlp) = otlp else {
+        if traces.is_some() {
+            cx.err(
+                "telemetry.traces",
+                "traces need an exporter: set telemetry.otlp = { endpoint = \"http://127.0.0.1:4318\" }",
+            );
+        }
+        return None;
+    };
+    let o = table(cx, "telemetry.otlp", otlp, &["endpoint", "protocol"])?;
+    match o.get("protocol").map(|p| p.as_str()) {
+        None | Some(Some("http")) => {}
+        Some(Some("grpc")) => cx.unsupported(
+            "telemetry.otlp.protocol",
+            "OTLP over gRPC; use protocol = \"http\" (HTTP/protobuf)",
+        ),
+        Some(_) => cx.err(
+            "telemetry.otlp.protocol",
+            "expected \"http\" (HTTP/protobuf) or \"grpc\"",
+        ),
+    }
+    let endpoint = match o.get("endpoint").and_then(|e| e.as_str()) {
+        Some(e) if e.starts_with("http://") && e.len() > "http://".len() && !e.contains('?') => {
+            e.trim_end_matches('/').to_owned()
+        }
+        Some(e) => {
+            cx.err(
+                "telemetry.otlp.endpoint",
+                format!("`{e}`: expected the collector's base URL, like \"http://127.0.0.1:4318\" (plain http; spans go to /v1/traces)"),
+            );
+            return None;
+        }
+        None => {
+            cx.err(
+                "telemetry.otlp.endpoint",
+                "missing; the collector's base URL, like \"http://127.0.0.1:4318\"",
+            );
+            return None;
+        }
+    };
+    let mut sample_ratio = DEFAULT_TRACE_SAMPLE_RATIO;
+    if let Some(tr) = traces
+        && let Some(t) = table(cx, "telemetry.traces", tr, &["sample_ratio"])
+        && let Some(r) = t.get("sample_ratio")
+    {
+        match r.as_float().or_else(|| r.as_integer().map(|i| i as f64)) {
+            Some(x) if (0.0..=1.0).contains(&x) => sample_ratio = x,
+            _ => cx.err(
+                "telemetry.traces.sample_ratio",
+                format!("`{r}`: expected a number from 0.0 to 1.0"),
+            ),
+        }
+    }
+    Some(TracesSpec {
+        endpoint,
+        sample_ratio,
+    })
 }
 
 /// `log = { stdout, file, otlp }`: `stdout` defaults to `default_stdout` (true globally, false for
@@ -2539,6 +2617,62 @@ methods = ["POST"]
             "{p:?}"
         );
         assert!(p[1].contains("no wildcards"), "{p:?}");
+    }
+
+    #[test]
+    fn otlp_traces() {
+        let env = [("ECHO_TOKEN", "s3cret")];
+        let ok = format!(
+            "{GOOD}\n[telemetry]\notlp = {{ endpoint = \"http://127.0.0.1:4318/\" }}\ntraces = {{ sample_ratio = 0.25 }}\n"
+        );
+        let c = compile_with_env(&ok, &env).expect("valid");
+        assert_eq!(
+            c.traces,
+            Some(TracesSpec {
+                endpoint: "http://127.0.0.1:4318".into(),
+                sample_ratio: 0.25
+            })
+        );
+        let default_ratio = format!(
+            "{GOOD}\n[telemetry]\notlp = {{ endpoint = \"http://127.0.0.1:4318\", protocol = \"http\" }}\n"
+        );
+        let c = compile_with_env(&default_ratio, &env).expect("valid");
+        assert_eq!(c.traces.unwrap().sample_ratio, DEFAULT_TRACE_SAMPLE_RATIO);
+        assert!(compile_with_env(GOOD, &env).unwrap().traces.is_none());
+        let bad = |telemetry: &str| -> Vec<String> {
+            compile_with_env(&format!("{GOOD}\n[telemetry]\n{telemetry}\n"), &env)
+                .expect_err("invalid")
+                .iter()
+                .map(|p| p.to_string())
+                .collect()
+        };
+        assert_eq!(
+            bad("traces = { sample_ratio = 0.5 }"),
+            [
+                "telemetry.traces: traces need an exporter: set telemetry.otlp = { endpoint = \"http://127.0.0.1:4318\" }"
+            ]
+        );
+        assert_eq!(
+            bad("otlp = { endpoint = \"https://c:4318\" }"),
+            [
+                "telemetry.otlp.endpoint: `https://c:4318`: expected the collector's base URL, like \"http://127.0.0.1:4318\" (plain http; spans go to /v1/traces)"
+            ]
+        );
+        assert_eq!(
+            bad("otlp = { endpoint = \"http://c:4317\", protocol = \"grpc\" }"),
+            [
+                "telemetry.otlp.protocol: not supported by this build yet (OTLP over gRPC; use protocol = \"http\" (HTTP/protobuf)); remove this key"
+            ]
+        );
+        assert_eq!(
+            bad(
+                "otlp = { endpoint = \"http://c:4318\", colour = 1 }\ntraces = { sample_ratio = 2 }"
+            ),
+            [
+                "telemetry.otlp.colour: unknown key; expected one of endpoint, protocol",
+                "telemetry.traces.sample_ratio: `2`: expected a number from 0.0 to 1.0",
+            ]
+        );
     }
 
     #[test]

@@ -110,6 +110,7 @@ async fn invoke(
     };
     record.trigger = Some(tidx);
     record.function = Some(fidx);
+    record.matched_at = Some(Instant::now());
     if !crate::trigger::authorize(&trigger.auth, parts.headers.get(header::AUTHORIZATION)) {
         rt.functions[fidx].metrics.rejected(Reject::Unauthorized);
         return Err(GatewayError::Unauthorized {
@@ -129,6 +130,7 @@ async fn invoke(
     let mut plugin_async: Option<bool> = None;
     let mut header_changes: Vec<RouteChange> = Vec::new();
     let mut replay = std::collections::VecDeque::new();
+    let plugins_from = Instant::now();
     if !trigger.plugins.is_empty() {
         let want_prefix = trigger.body_prefix;
         let prefix = if want_prefix > 0 {
@@ -231,6 +233,7 @@ async fn invoke(
                 }
             }
         }
+        record.plugins_span = Some((plugins_from, Instant::now()));
     }
     let function = &rt.functions[fidx];
     let spec = function.spec().clone();
@@ -299,6 +302,13 @@ async fn invoke(
     parts
         .headers
         .insert(X_REQUEST_ID.clone(), record.request_id.header_value());
+    // W3C trace context: the backend's spans become children of this invocation's (a client's
+    // own traceparent is replaced: its span is this invocation's parent, not the backend's).
+    if let Some(t) = &record.trace {
+        parts
+            .headers
+            .insert(telemetry::trace::TRACEPARENT.clone(), t.traceparent());
+    }
 
     // 3b. Async: stored durably, answered 202; the dispatcher runs it later.
     if async_wanted {
@@ -776,6 +786,11 @@ pub struct Record {
     cold_start: Option<(Duration, crate::scheduler::ColdStart)>,
     /// The task an async request was stored as.
     task_id: Option<String>,
+    /// The invocation's trace (when OTLP traces are configured) and the stage marks its child
+    /// spans are drawn from.
+    trace: Option<telemetry::trace::Invocation>,
+    matched_at: Option<Instant>,
+    plugins_span: Option<(Instant, Instant)>,
 }
 
 impl Record {
@@ -789,6 +804,7 @@ impl Record {
         let bytes_in = Arc::new(AtomicU64::new(0));
         let mut r = Record::blank(request_id, start, conn.peer, req.version(), bytes_in);
         r.rt = Some(rt);
+        r.trace = telemetry::trace::start(req.headers());
         r.method = req.method().clone();
         r.uri = req.uri().clone();
         r
@@ -834,6 +850,9 @@ impl Record {
             tenant: None,
             cold_start: None,
             task_id: None,
+            trace: None,
+            matched_at: None,
+            plugins_span: None,
         }
     }
 
@@ -884,6 +903,57 @@ impl Record {
             tenant: self.tenant.as_deref(),
         };
         rt.log.emit_for(fspec.map(|f| f.service.as_str()), &line);
+        if let Some(trace) = self.trace.take()
+            && trace.is_sampled()
+        {
+            self.export_trace(trace, &line);
+        }
+    }
+
+    /// The invocation's span tree, from the marks this record kept.
+    fn export_trace(&self, trace: telemetry::trace::Invocation, line: &InvocationLog<'_>) {
+        use opentelemetry::KeyValue;
+        let now = Instant::now();
+        let now_wall = std::time::SystemTime::now();
+        let wall = |at: Instant| telemetry::trace::wall(at, now, now_wall);
+        if let Some(m) = self.matched_at {
+            trace.child("trigger match", wall(self.start), wall(m));
+        }
+        if let Some((a, b)) = self.plugins_span {
+            trace.child("plugin decision", wall(a), wall(b));
+        }
+        if let Some(up) = self.upstream_start {
+            if !self.queue_wait.is_zero() {
+                trace.child("queue wait", wall(up - self.queue_wait), wall(up));
+            }
+            if let Some((waited, _)) = self.cold_start {
+                trace.child("cold start", wall(up - waited), wall(up));
+            }
+            trace.child("upstream call", wall(up), now_wall);
+        }
+        let mut attrs = vec![
+            KeyValue::new("fngate.request_id", line.request_id.to_owned()),
+            KeyValue::new("http.request.method", line.method.to_owned()),
+            KeyValue::new("url.path", line.path.to_owned()),
+            KeyValue::new("http.response.status_code", i64::from(line.status)),
+        ];
+        let opt = |k: &'static str, v: Option<&str>| v.map(|v| KeyValue::new(k, v.to_owned()));
+        attrs.extend(
+            [
+                opt("fngate.trigger", line.trigger),
+                opt("fngate.function", line.function),
+                opt("fngate.instance.id", line.instance_id),
+                opt("fngate.instance.kind", line.instance_kind),
+                opt("fngate.task_id", line.task_id),
+                opt("fngate.tenant", line.tenant),
+            ]
+            .into_iter()
+            .flatten(),
+        );
+        if let Some(ms) = line.cold_start_ms {
+            attrs.push(KeyValue::new("fngate.cold_start_ms", ms));
+        }
+        trace.finish(attrs, line.error, now_wall);
     }
 }
 

@@ -7,6 +7,7 @@
 #[cfg(test)]
 mod doc_check;
 mod log;
+pub mod trace;
 pub mod window;
 
 pub use log::{FileTarget, InstanceLog, InvocationLog, LogSink, Sink, SinkRegistry, rotated};
