@@ -37,6 +37,22 @@ impl Drop for TempDir {
     }
 }
 
+/// Opens a store file a closed store just let go of. The lock is released before `close`
+/// returns, but a process forked at that moment by another test in this binary (the NATS
+/// tests start nats-server) holds a copy of the lock's descriptor until its exec: retry
+/// `Locked` briefly.
+fn reopen(path: &Path) -> Result<SqliteStore, StoreError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match SqliteStore::open(path) {
+            Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            r => return r,
+        }
+    }
+}
+
 fn task(id: &str, function: &str, priority: i32, not_before_ms: u64) -> NewTask {
     NewTask {
         task_id: id.into(),
@@ -540,7 +556,7 @@ async fn recover_turns_running_tasks_of_a_dead_process_back_into_enqueued() {
     );
     store.close().await;
 
-    let store = SqliteStore::open(&dir.db()).unwrap();
+    let store = reopen(&dir.db()).unwrap();
     assert_eq!(store.recover().await.unwrap(), 2);
     assert_eq!(store.recover().await.unwrap(), 0);
     let t = store.get("a").await.unwrap().unwrap();
@@ -818,7 +834,7 @@ async fn reopening_checks_schema_version_kind_of_file_and_the_lock() {
     assert!(matches!(second, StoreError::Locked { .. }), "{second}");
     store.close().await;
 
-    let store = SqliteStore::open(&dir.db()).unwrap();
+    let store = reopen(&dir.db()).unwrap();
     assert_eq!(state_of(&store, "a").await, TaskState::Enqueued);
     store.close().await;
 
@@ -829,7 +845,7 @@ async fn reopening_checks_schema_version_kind_of_file_and_the_lock() {
     )
     .unwrap();
     drop(conn);
-    let e = SqliteStore::open(&dir.db()).unwrap_err();
+    let e = reopen(&dir.db()).unwrap_err();
     let msg = e.to_string();
     assert!(
         matches!(
@@ -988,7 +1004,7 @@ fn sigkill_loses_no_reported_accept() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let store = SqliteStore::open(&dir.db()).unwrap();
+        let store = reopen(&dir.db()).unwrap();
         let present: HashSet<String> = all_ids(&store).await.into_iter().collect();
         let missing: Vec<_> = reported
             .iter()

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Telemetry overhead, side by side in one run: throughput through fngate with
+#   off: per-invocation log lines off, no traces (metrics are always recorded: the Prometheus
+#        recorder is the one way fngate counts);
+#   on:  log lines on (stdout to /dev/null and a size-rotated file sink), OTLP traces at
+#        sample_ratio 0.1 to a real collector (rotel, printing nothing, discarding spans).
+# wrk closed loop, CONNS connections, plaintext HTTP/1.1 keep-alive, GET /bytes/1024 through one
+# static-backend function; ROUNDS interleaved rounds. Pinning as bench/run.sh: fngate on core 0
+# with one worker; wrk, the backend and the collector on core 1. Raw output: bench/out/telemetry/.
+#
+#   bench/telemetry.sh               # ROUNDS=5 DUR=8 CONNS=64
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS="${ROUNDS:-5}" DUR="${DUR:-8}" CONNS="${CONNS:-64}"
+out=bench/out/telemetry
+rm -rf "$out" && mkdir -p "$out"
+[ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release --locked -p fngate -p demo-backend
+bin="${CARGO_TARGET_DIR:-target}/release"
+command -v wrk >/dev/null || { echo "wrk is needed (Debian: apt-get install wrk)"; exit 1; }
+rotel="${FNGATE_ROTEL:-$(python3 -c 'import rotel, os; print(os.path.join(os.path.dirname(rotel.__file__), "rotel-agent"))')}"
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT INT TERM
+
+taskset -c 1 "$bin/demo-backend" --listen 127.0.0.1:39101 --threads 1 >/dev/null & pids+=($!)
+taskset -c 1 "$rotel" start --otlp-grpc-endpoint 127.0.0.1:39117 --otlp-http-endpoint 127.0.0.1:39118 \
+    --exporter blackhole >/dev/null 2>&1 & pids+=($!)
+
+start_gw() { # name telemetry-section
+    local dir="$out/$1"; mkdir -p "$dir"
+    cat >"$dir/fngate.toml" <<TOML
+[server]
+listen = "127.0.0.1:0"
+plaintext_listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+data_dir = "data"
+[telemetry]
+$2
+[[service]]
+name = "bench"
+[[service.function]]
+name = "bytes"
+instance_concurrency = 1024
+max_queued = 10000
+backend = { kind = "static", endpoints = ["http://127.0.0.1:39101"] }
+[[trigger]]
+name = "bytes"
+kind = "http"
+function = "bench/bytes"
+path = "/b"
+TOML
+    TOKIO_WORKER_THREADS=1 taskset -c 0 "$bin/fngate" serve --config "$dir/fngate.toml" >/dev/null 2>"$dir/stderr.log" &
+    pids+=($!)
+    for _ in $(seq 100); do [ -f "$dir/data/listeners.json" ] && break; sleep 0.05; done
+    python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['plaintext'])" "$dir/data/listeners.json"
+}
+off=$(start_gw off 'log = { stdout = false }')
+on=$(start_gw on $'log = { stdout = true, file = { path = "logs/fngate.log", max_size = "64MiB", keep = 2 } }\notlp = { endpoint = "http://127.0.0.1:39118" }\ntraces = { sample_ratio = 0.1 }')
+
+declare -A res
+for r in $(seq "$ROUNDS"); do
+    for cfg in off on; do
+        addr=${!cfg}
+        taskset -c 1 wrk -t1 -c"$CONNS" -d"${DUR}s" "http://$addr/b/bytes/1024" >"$out/wrk-$cfg-$r.txt"
+        rps=$(awk '/^Requests\/sec/ {print $2}' "$out/wrk-$cfg-$r.txt")
+        echo "round $r $cfg: $rps req/s"
+        res[$cfg]+="$rps "
+    done
+done
+for cfg in off on; do
+    printf '%s\n' ${res[$cfg]} | sort -n | awk -v c="$cfg" '{a[NR]=$1} END {printf "%s: median %.0f req/s (min %.0f, max %.0f)\n", c, a[int((NR+1)/2)], a[1], a[NR]}'
+done | tee "$out/summary.txt"
+python3 - "$out/summary.txt" <<'PY'
+import re, sys
+m = dict(re.findall(r"^(\w+): median (\d+)", open(sys.argv[1]).read(), re.M))
+off, on = int(m["off"]), int(m["on"])
+print(f"on/off = {on/off:.3f} ({(1 - on/off) * 100:.1f}% lower throughput with telemetry on)")
+PY
