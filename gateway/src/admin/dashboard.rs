@@ -85,7 +85,7 @@ fn sha256_b64(data: &[u8]) -> String {
     };
     let h = suite.common.hash_provider;
     assert_eq!(h.algorithm(), HashAlgorithm::SHA256);
-    super::tasks::base64(h.hash(data).as_ref())
+    crate::telemetry::base64(h.hash(data).as_ref())
 }
 
 /// `GET /admin/overview`: everything the dashboard shows, in one answer.

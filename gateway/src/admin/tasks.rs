@@ -152,7 +152,7 @@ fn task_json(t: &Task) -> serde_json::Value {
     let result = t.result.as_ref().map(|r| {
         let (body, encoding) = match std::str::from_utf8(&r.body) {
             Ok(s) => (s.to_string(), "utf-8"),
-            Err(_) => (base64(&r.body), "base64"),
+            Err(_) => (crate::telemetry::base64(&r.body), "base64"),
         };
         json!({
             "status": r.status,
@@ -169,36 +169,12 @@ fn task_json(t: &Task) -> serde_json::Value {
     })
 }
 
-pub(super) fn base64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let n = chunk.len();
-        let v = (chunk[0] as u32) << 16
-            | (chunk.get(1).copied().unwrap_or(0) as u32) << 8
-            | chunk.get(2).copied().unwrap_or(0) as u32;
-        for i in 0..4 {
-            if i <= n {
-                out.push(T[((v >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn base64_and_percent_decoding() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(&[0xff, 0x00, 0x10, 0x80]), "/wAQgA==");
+    fn percent_decoding() {
         assert_eq!(percent_decode("demo%2Fecho"), "demo/echo");
         assert_eq!(percent_decode("a%2"), "a%2");
     }

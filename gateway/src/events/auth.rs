@@ -204,23 +204,10 @@ mod tests {
     }
 
     fn basic(user: &str, pass: &str) -> String {
-        // Small encoder for the test only.
-        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let data = format!("{user}:{pass}").into_bytes();
-        let mut out = String::from("Basic ");
-        for chunk in data.chunks(3) {
-            let v = (chunk[0] as u32) << 16
-                | (chunk.get(1).copied().unwrap_or(0) as u32) << 8
-                | chunk.get(2).copied().unwrap_or(0) as u32;
-            for i in 0..4 {
-                out.push(if i <= chunk.len() {
-                    T[((v >> (18 - 6 * i)) & 63) as usize] as char
-                } else {
-                    '='
-                });
-            }
-        }
-        out
+        format!(
+            "Basic {}",
+            crate::telemetry::base64(format!("{user}:{pass}").as_bytes())
+        )
     }
 
     #[test]

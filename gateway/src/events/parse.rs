@@ -886,13 +886,13 @@ mod tests {
     #[test]
     fn oss_through_mns_is_base64() {
         let json = include_str!("testdata/oss_put.json");
-        let b64 = base64_encode(json.as_bytes());
+        let b64 = crate::telemetry::base64(json.as_bytes());
         assert_eq!(
             parse("src", b64.as_bytes(), 10).unwrap(),
             parse("src", json.as_bytes(), 10).unwrap()
         );
         // Base64 of something that is not a notification is still refused.
-        let e = parse("src", base64_encode(b"hello").as_bytes(), 10).unwrap_err();
+        let e = parse("src", crate::telemetry::base64(b"hello").as_bytes(), 10).unwrap_err();
         assert!(matches!(e, ParseError::NotJson(_)), "{e}");
     }
 
@@ -1105,23 +1105,5 @@ mod tests {
         );
         assert_eq!(v["origin"], "minio:s3");
         assert_eq!(v["key"], "photos/2024/my photo+1.jpg");
-    }
-
-    fn base64_encode(data: &[u8]) -> String {
-        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut out = String::new();
-        for chunk in data.chunks(3) {
-            let v = (chunk[0] as u32) << 16
-                | (chunk.get(1).copied().unwrap_or(0) as u32) << 8
-                | chunk.get(2).copied().unwrap_or(0) as u32;
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(T[((v >> (18 - 6 * i)) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
     }
 }
