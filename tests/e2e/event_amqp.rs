@@ -115,14 +115,6 @@ async fn wait_tasks(gw: &Gateway, n: usize) {
 }
 
 /// The value of the first metric line naming `name` with all of `labels`.
-async fn metric(gw: &Gateway, name: &str, labels: &[&str]) -> f64 {
-    let text = gw.admin(Method::GET, "/metrics").await.text();
-    text.lines()
-        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
-        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqp_messages_are_acked_once_stored_rejected_when_bad_and_consumed_across_reconnects() {
     // A node of its own: this test drops every connection of the broker, which would break the

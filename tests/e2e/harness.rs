@@ -826,3 +826,13 @@ impl Drop for RabbitMq {
         let _ = self.keeper.wait();
     }
 }
+
+/// The value of the first `/metrics` line of `name` whose text contains every one of `labels`
+/// (0 when there is none).
+pub async fn metric(gw: &Gateway, name: &str, labels: &[&str]) -> f64 {
+    let text = gw.admin(Method::GET, "/metrics").await.text();
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
