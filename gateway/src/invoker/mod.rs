@@ -110,7 +110,11 @@ async fn invoke(
     };
     record.trigger = Some(tidx);
     record.function = Some(fidx);
-    record.matched_at = Some(Instant::now());
+    // Stage marks only feed trace spans: no clock reads when the request is not traced.
+    let traced = record.trace.as_ref().is_some_and(|t| t.is_sampled());
+    if traced {
+        record.matched_at = Some(Instant::now());
+    }
     if !crate::trigger::authorize(&trigger.auth, parts.headers.get(header::AUTHORIZATION)) {
         rt.functions[fidx].metrics.rejected(Reject::Unauthorized);
         return Err(GatewayError::Unauthorized {
@@ -130,7 +134,7 @@ async fn invoke(
     let mut plugin_async: Option<bool> = None;
     let mut header_changes: Vec<RouteChange> = Vec::new();
     let mut replay = std::collections::VecDeque::new();
-    let plugins_from = Instant::now();
+    let plugins_from = traced.then(Instant::now);
     if !trigger.plugins.is_empty() {
         let want_prefix = trigger.body_prefix;
         let prefix = if want_prefix > 0 {
@@ -233,7 +237,7 @@ async fn invoke(
                 }
             }
         }
-        record.plugins_span = Some((plugins_from, Instant::now()));
+        record.plugins_span = plugins_from.map(|from| (from, Instant::now()));
     }
     let function = &rt.functions[fidx];
     let spec = function.spec().clone();
