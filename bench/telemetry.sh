@@ -8,6 +8,11 @@
 # static-backend function; ROUNDS interleaved rounds. Pinning as bench/run.sh: fngate on core 0
 # with one worker; wrk, the backend and the collector on core 1. Raw output: bench/out/telemetry/.
 #
+# Besides req/s, each round records fngate's CPU time per request (utime + stime of the process
+# over the round / requests served): less sensitive than throughput to a noisy neighbour.
+# BASE=DIR (a release dir holding an older fngate) adds a third configuration, "on" run by that
+# binary, to compare two builds side by side.
+#
 #   bench/telemetry.sh               # ROUNDS=5 DUR=8 CONNS=64
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +32,9 @@ taskset -c 1 "$bin/demo-backend" --listen 127.0.0.1:39101 --threads 1 >/dev/null
 taskset -c 1 "$rotel" start --otlp-grpc-endpoint 127.0.0.1:39117 --otlp-http-endpoint 127.0.0.1:39118 \
     --exporter blackhole >/dev/null 2>&1 & pids+=($!)
 
-start_gw() { # name telemetry-section
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+declare -A gwpid
+start_gw() { # name telemetry-section [binary dir]
     local dir="$out/$1"; mkdir -p "$dir"
     cat >"$dir/fngate.toml" <<TOML
 [server]
@@ -50,30 +57,44 @@ kind = "http"
 function = "bench/bytes"
 path = "/b"
 TOML
-    TOKIO_WORKER_THREADS=1 taskset -c 0 "$bin/fngate" serve --config "$dir/fngate.toml" >/dev/null 2>"$dir/stderr.log" &
-    pids+=($!)
+    TOKIO_WORKER_THREADS=1 taskset -c 0 "${3:-$bin}/fngate" serve --config "$dir/fngate.toml" >/dev/null 2>"$dir/stderr.log" &
+    pids+=($!); gwpid[$1]=$!
     for _ in $(seq 100); do [ -f "$dir/data/listeners.json" ] && break; sleep 0.05; done
     python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['plaintext'])" "$dir/data/listeners.json"
 }
-off=$(start_gw off 'log = { stdout = false }')
-on=$(start_gw on $'log = { stdout = true, file = { path = "logs/fngate.log", max_size = "64MiB", keep = 2 } }\notlp = { endpoint = "http://127.0.0.1:39118" }\ntraces = { sample_ratio = 0.1 }')
+ON=$'log = { stdout = true, file = { path = "logs/fngate.log", max_size = "64MiB", keep = 2 } }\notlp = { endpoint = "http://127.0.0.1:39118" }\ntraces = { sample_ratio = 0.1 }'
+declare -A addr
+# Not `$(start_gw …)`: a subshell would lose the PID start_gw records.
+for cfg in off on ${BASE:+on_base}; do
+    case $cfg in off) sec='log = { stdout = false }' b= ;; on) sec=$ON b= ;; on_base) sec=$ON b=$BASE ;; esac
+    start_gw "$cfg" "$sec" "$b" >"$out/$cfg.addr"
+    addr[$cfg]=$(cat "$out/$cfg.addr")
+done
 
-declare -A res
+declare -A res cpu
 for r in $(seq "$ROUNDS"); do
-    for cfg in off on; do
-        addr=${!cfg}
-        taskset -c 1 wrk -t1 -c"$CONNS" -d"${DUR}s" "http://$addr/b/bytes/1024" >"$out/wrk-$cfg-$r.txt"
+    for cfg in off on ${BASE:+on_base}; do
+        a=${addr[$cfg]}; p=${gwpid[$cfg]}
+        t0=$(cpu_ticks "$p")
+        taskset -c 1 wrk -t1 -c"$CONNS" -d"${DUR}s" "http://$a/b/bytes/1024" >"$out/wrk-$cfg-$r.txt"
+        t1=$(cpu_ticks "$p")
         rps=$(awk '/^Requests\/sec/ {print $2}' "$out/wrk-$cfg-$r.txt")
-        echo "round $r $cfg: $rps req/s"
-        res[$cfg]+="$rps "
+        n=$(awk '/requests in/ {print $1}' "$out/wrk-$cfg-$r.txt")
+        us=$(awk -v t="$((t1 - t0))" -v hz="$(getconf CLK_TCK)" -v n="$n" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+        echo "round $r $cfg: $rps req/s, $us us CPU/request"
+        res[$cfg]+="$rps "; cpu[$cfg]+="$us "
     done
 done
-for cfg in off on; do
+for cfg in off on ${BASE:+on_base}; do
     printf '%s\n' ${res[$cfg]} | sort -n | awk -v c="$cfg" '{a[NR]=$1} END {printf "%s: median %.0f req/s (min %.0f, max %.0f)\n", c, a[int((NR+1)/2)], a[1], a[NR]}'
+    printf '%s\n' ${cpu[$cfg]} | sort -n | awk -v c="$cfg" '{a[NR]=$1} END {printf "%s_cpu: median %.1f us/request (min %.1f, max %.1f)\n", c, a[int((NR+1)/2)], a[1], a[NR]}'
 done | tee "$out/summary.txt"
 python3 - "$out/summary.txt" <<'PY'
 import re, sys
-m = dict(re.findall(r"^(\w+): median (\d+)", open(sys.argv[1]).read(), re.M))
-off, on = int(m["off"]), int(m["on"])
+m = {k: float(v) for k, v in re.findall(r"^(\w+): median ([\d.]+)", open(sys.argv[1]).read(), re.M)}
+off, on = m["off"], m["on"]
 print(f"on/off = {on/off:.3f} ({(1 - on/off) * 100:.1f}% lower throughput with telemetry on)")
+print(f"CPU per request on/off = {m['on_cpu']/m['off_cpu']:.3f}")
+if "on_base" in m:
+    print(f"on: this build / BASE = {on/m['on_base']:.3f} (throughput), {m['on_cpu']/m['on_base_cpu']:.3f} (CPU per request)")
 PY

@@ -872,6 +872,11 @@ impl Record {
                 .window
                 .record(self.status, elapsed, self.error.is_some());
         }
+        let traced = self.trace.as_ref().is_some_and(|t| t.is_sampled());
+        if rt.log.is_off() && !traced {
+            // No sink and no span wants the line: skip building it.
+            return;
+        }
         let trigger = self
             .trigger
             .and_then(|i| rt.config.triggers.get(i))

@@ -261,6 +261,11 @@ impl LogSink {
         LogSink { routes: None }
     }
 
+    /// True when no line goes anywhere (no stdout, no file, globally or per service).
+    pub fn is_off(&self) -> bool {
+        self.routes.is_none()
+    }
+
     /// A line that belongs to no service (event webhooks): the global sinks.
     pub fn emit<T: Serialize>(&self, line: &T) {
         self.emit_for(None, line);

@@ -89,6 +89,23 @@ fn parse_traceparent(v: &HeaderValue) -> Option<SpanContext> {
     ))
 }
 
+/// `00-{trace id}-{span id}-{flags}`, hex-encoded in place: sent on every request, so no
+/// formatting machinery.
+fn traceparent_value(trace: [u8; 16], span: [u8; 8], flags: u8) -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    fn hex(out: &mut [u8], bytes: &[u8]) {
+        for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+            pair[0] = HEX[usize::from(b >> 4)];
+            pair[1] = HEX[usize::from(b & 15)];
+        }
+    }
+    let mut out = *b"00-________________________________-________________-__";
+    hex(&mut out[3..35], &trace);
+    hex(&mut out[36..52], &span);
+    hex(&mut out[53..55], &[flags]);
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
 /// The trace of one invocation, from arrival to the log line.
 pub struct Invocation {
     span: opentelemetry_sdk::trace::Span,
@@ -128,13 +145,11 @@ impl Invocation {
     /// The header for the backend: this invocation's span as the parent.
     pub fn traceparent(&self) -> HeaderValue {
         let sc = self.span.span_context();
-        let v = format!(
-            "00-{}-{}-{:02x}",
-            sc.trace_id(),
-            sc.span_id(),
-            sc.trace_flags().to_u8()
-        );
-        HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
+        traceparent_value(
+            sc.trace_id().to_bytes(),
+            sc.span_id().to_bytes(),
+            sc.trace_flags().to_u8(),
+        )
     }
 
     pub fn is_sampled(&self) -> bool {
@@ -202,6 +217,22 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn traceparent_header_shape() {
+        let mut trace = [0u8; 16];
+        trace[0] = 0x4b;
+        trace[15] = 0x36;
+        let span = [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7];
+        assert_eq!(
+            traceparent_value(trace, span, 1),
+            "00-4b000000000000000000000000000036-00f067aa0ba902b7-01"
+        );
+        assert_eq!(
+            traceparent_value([0xff; 16], [0xff; 8], 0),
+            "00-ffffffffffffffffffffffffffffffff-ffffffffffffffff-00"
+        );
     }
 
     #[test]
