@@ -36,6 +36,9 @@ const DESTINATION_PAYLOAD_LIMIT: usize = 64 * 1024;
 const DESTINATION_ATTEMPTS: u32 = 3;
 const DESTINATION_TIMEOUT: Duration = Duration::from_secs(10);
 pub static X_TASK_ID: HeaderName = HeaderName::from_static("x-fngate-task-id");
+/// Set on a stored request by the gateway (never taken from a caller): the tenant its runs are
+/// metered to.
+pub static X_TENANT: HeaderName = HeaderName::from_static("x-fngate-tenant");
 static X_ATTEMPT: HeaderName = HeaderName::from_static("x-fngate-attempt");
 
 pub struct Dispatcher {
@@ -322,7 +325,7 @@ impl Dispatcher {
             return Err(Attempt::Fatal("the stored request is missing".into()));
         };
         let spec = fr.spec().clone();
-        let acquired = match fr.acquire(task.summary.priority).await {
+        let mut acquired = match fr.acquire(task.summary.priority).await {
             Ok(a) => a,
             Err(ScheduleError::Retired) => {
                 return Err(Attempt::Retry(
@@ -331,6 +334,13 @@ impl Dispatcher {
             }
             Err(e) => return Err(Attempt::Retry(format!("no instance slot: {e:?}"))),
         };
+        // Each attempt is an invocation: metered when the slot is freed, on every path.
+        let tenant = req
+            .headers
+            .iter()
+            .find(|(n, _)| n == X_TENANT.as_str())
+            .and_then(|(_, v)| String::from_utf8(v.clone()).ok());
+        acquired.slot.set_tenant(tenant);
         let inst = acquired.slot.instance().clone();
         let Some(authority) = inst.authority().cloned() else {
             return Err(Attempt::Retry(format!(

@@ -29,6 +29,8 @@ fn spec(
         gpu: None,
         scaling: crate::config::ScalingSpec::fixed(endpoints.len() as u32),
         async_: Default::default(),
+        cpu: crate::config::DEFAULT_CPU,
+        memory: crate::config::DEFAULT_MEMORY,
     })
 }
 
@@ -228,6 +230,8 @@ fn process_spec(
         }),
         scaling,
         async_: Default::default(),
+        cpu: crate::config::DEFAULT_CPU,
+        memory: crate::config::DEFAULT_MEMORY,
     })
 }
 

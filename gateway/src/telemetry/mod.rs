@@ -60,6 +60,12 @@ pub const ASYNC_EXPIRED: &str = "fngate_async_expired_total";
 pub const ASYNC_STOPPED: &str = "fngate_async_stopped_total";
 pub const ASYNC_QUEUE_DEPTH: &str = "fngate_async_queue_depth";
 pub const ASYNC_OLDEST_AGE: &str = "fngate_async_oldest_task_age_seconds";
+pub const USAGE_INVOCATIONS: &str = "fngate_usage_invocations_total";
+pub const USAGE_BUSY_SECONDS: &str = "fngate_usage_busy_milliseconds_total";
+pub const USAGE_VCPU_SECONDS: &str = "fngate_usage_vcpu_milliseconds_total";
+pub const USAGE_MEMORY_GB_SECONDS: &str = "fngate_usage_memory_gb_milliseconds_total";
+pub const USAGE_GPU_GB_SECONDS: &str = "fngate_usage_gpu_gb_milliseconds_total";
+pub const USAGE_FLUSH_FAILURES: &str = "fngate_usage_flush_failures_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.00001, 0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -388,8 +394,11 @@ pub fn rfc3339_now() -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    let secs = now.as_secs() as i64;
-    let ms = now.subsec_millis();
+    rfc3339(now.as_secs() as i64, now.subsec_millis())
+}
+
+/// RFC 3339 UTC timestamp with milliseconds of unix seconds `secs` and `ms` milliseconds.
+pub fn rfc3339(secs: i64, ms: u32) -> String {
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);
     // Howard Hinnant's civil_from_days.
