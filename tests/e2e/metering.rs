@@ -145,6 +145,10 @@ async fn usage_matches_a_scripted_workload_and_survives_a_restart() {
     let free = total(&by_tenant, "tenant", "");
     assert_eq!(free["invocations"], 3, "{by_tenant}");
     assert_between("free busy_s", f(free, "busy_s"), 0.6, 0.6 + 3.0 * SLACK_S);
+    eprintln!(
+        "scripted: paid busy_s {b:.4} (script 0.6), free busy_s {:.4} (script 0.6)",
+        f(free, "busy_s")
+    );
 
     let by_function = usage(&gw, "function").await;
     let work = total(&by_function, "function", "demo/work");
@@ -180,6 +184,16 @@ async fn usage_matches_a_scripted_workload_and_survives_a_restart() {
     gw.restart();
     let after = usage(&gw, "tenant").await;
     assert_eq!(total(&after, "tenant", "paid")["invocations"], 4, "{after}");
+
+    // A graceful stop (SIGTERM) flushes what it has before exiting.
+    call(&gw, true, 0).await;
+    let pid = rustix::process::Pid::from_raw(gw.child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = gw.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    gw.restart();
+    let after = usage(&gw, "tenant").await;
+    assert_eq!(total(&after, "tenant", "paid")["invocations"], 5, "{after}");
 
     // Bad parameters get clear 400s.
     for (q, want) in [
@@ -231,6 +245,9 @@ async fn concurrency_two_splits_overlapping_requests() {
     assert_between("A + B", sa + sb, 1.0, a_slot + 0.001);
     assert!(sa + sb <= wall, "{sa} + {sb} > {wall}");
     assert_between("A's share", sa, 0.8, 0.8 + SLACK_S);
+    eprintln!(
+        "concurrency 2: A {sa:.4} s (expected 0.8), B {sb:.4} s (expected 0.2), A's slot {a_slot:.4} s"
+    );
 
     let by_tenant = usage(&gw, "tenant").await;
     let paid = total(&by_tenant, "tenant", "paid");
@@ -279,6 +296,7 @@ async fn provisioned_instance_is_metered_for_its_lifetime() {
     let hi = (t_query - t0).as_secs_f64() + 0.05;
     let lo = (t_query - t_ready).as_secs_f64() - 0.4;
     assert_between("reserved_s", life, lo, hi);
+    eprintln!("provisioned: reserved_s {life:.3} within {lo:.3}..={hi:.3}");
     assert!((f(reserved, "vcpu_s") - 0.5 * life).abs() < 1e-6, "{u}");
     assert_eq!(reserved["invocations"], 0);
     // The request counts for its tenant, but its resources are the reservation's.

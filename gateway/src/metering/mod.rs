@@ -176,7 +176,7 @@ impl Totals {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Handles {
     invocations: Counter,
     busy: Counter,
@@ -185,40 +185,43 @@ struct Handles {
     gpu: Counter,
 }
 
+/// Buckets of one hour and GPU type, by tenant.
+#[derive(Debug)]
+struct HourBuckets {
+    hour: i64,
+    gpu_type: Option<Arc<str>>,
+    tenants: HashMap<String, Totals>,
+}
+
 #[derive(Debug, Default)]
-struct Inner {
-    pending: HashMap<Key, Totals>,
-    /// Metric handles per (function id, tenant label), bounded by the tenant label cap.
-    handles: HashMap<(String, String), Handles>,
-    tenant_labels: std::collections::HashSet<String>,
+struct FnInner {
+    /// Not yet flushed; a handful of entries (the current hour, per GPU type).
+    pending: Vec<HourBuckets>,
+    pending_keys: usize,
     folded: u64,
+    /// Metric handles by tenant key; a tenant past the label cap maps to the `other` handles.
+    handles: HashMap<String, Handles>,
 }
 
-/// The gateway's usage meter; one per process, shared by every function.
-#[derive(Debug, Default)]
-pub struct Meter {
-    inner: Mutex<Inner>,
-    store: std::sync::OnceLock<Arc<Store>>,
+/// The usage of one function not yet flushed, and its metric handles; one per function runtime,
+/// so that metering takes the function's own short lock, not a process-wide one, and allocates
+/// nothing for a tenant and hour it has seen.
+#[derive(Debug)]
+pub struct FunctionMeter {
+    service: String,
+    function: String,
+    id: String,
+    meter: Arc<Meter>,
+    inner: Mutex<FnInner>,
 }
 
-impl Meter {
-    pub fn new() -> Arc<Meter> {
-        Arc::new(Meter::default())
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+impl FunctionMeter {
+    fn lock(&self) -> MutexGuard<'_, FnInner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Opens (or creates) `data_dir/usage.sqlite3`; totals kept before are kept.
-    pub fn open(&self, data_dir: &Path) -> Result<(), StoreError> {
-        let s = Store::open(&data_dir.join(store::FILE))?;
-        let _ = self.store.set(Arc::new(s));
-        Ok(())
-    }
-
     /// One finished invocation.
-    pub fn invocation(&self, spec: &FunctionSpec, tenant: Option<&str>, usage: &Usage) {
+    pub fn invocation(&self, tenant: Option<&str>, usage: &Usage) {
         let billed = usage.billing == Billing::Request;
         let t = Totals {
             invocations: 1,
@@ -228,12 +231,7 @@ impl Meter {
             gpu_gb_s: if billed { usage.gpu_gb_s } else { 0.0 },
             reserved_s: 0.0,
         };
-        self.add(
-            spec,
-            tenant.unwrap_or(""),
-            usage.gpu_type.as_deref().unwrap_or(""),
-            t,
-        );
+        self.add(tenant.unwrap_or(""), usage.gpu_type.as_ref(), t);
     }
 
     /// Lifetime of a provisioned instance, `seconds` more of it.
@@ -250,53 +248,59 @@ impl Meter {
             gpu_gb_s: u.gpu_gb_s,
             reserved_s: seconds,
         };
-        self.add(
-            spec,
-            RESERVED_TENANT,
-            u.gpu_type.as_deref().unwrap_or(""),
-            t,
-        );
+        self.add(RESERVED_TENANT, u.gpu_type.as_ref(), t);
     }
 
-    fn add(&self, spec: &FunctionSpec, tenant: &str, gpu_type: &str, t: Totals) {
+    fn add(&self, tenant: &str, gpu_type: Option<&Arc<str>>, t: Totals) {
         let hour = hour_of(crate::scheduler::unix_now() as i64);
         let tenant = truncate(tenant, MAX_TENANT_LEN);
         let mut g = self.lock();
-        let mut key = Key {
-            hour,
-            service: spec.service.clone(),
-            function: spec.name.clone(),
-            tenant: tenant.to_string(),
-            gpu_type: gpu_type.to_string(),
-        };
-        if !g.pending.contains_key(&key) && g.pending.len() >= MAX_PENDING_BUCKETS {
-            key.tenant = OTHER_TENANT.to_string();
-            g.folded += 1;
-        }
-        g.pending.entry(key).or_default().add(&t);
-        // Metrics: a bounded set of tenant labels.
-        let label = if g.tenant_labels.contains(tenant) {
-            tenant
-        } else if g.tenant_labels.len() < MAX_TENANT_LABELS {
-            g.tenant_labels.insert(tenant.to_string());
-            tenant
-        } else {
-            OTHER_TENANT
-        };
-        let hkey = (spec.id.clone(), label.to_string());
-        let h = g.handles.entry(hkey).or_insert_with(|| {
-            let l = |name: &'static str| {
-                metrics::counter!(name, "service" => spec.service.clone(), "function" => spec.id.clone(), "tenant" => label.to_string())
-            };
-            use crate::telemetry as tm;
-            Handles {
-                invocations: l(tm::USAGE_INVOCATIONS),
-                busy: l(tm::USAGE_BUSY_SECONDS),
-                vcpu: l(tm::USAGE_VCPU_SECONDS),
-                memory: l(tm::USAGE_MEMORY_GB_SECONDS),
-                gpu: l(tm::USAGE_GPU_GB_SECONDS),
+        let g = &mut *g;
+        let idx = match g
+            .pending
+            .iter()
+            .position(|b| b.hour == hour && b.gpu_type.as_deref() == gpu_type.map(|a| &**a))
+        {
+            Some(i) => i,
+            None => {
+                g.pending.push(HourBuckets {
+                    hour,
+                    gpu_type: gpu_type.cloned(),
+                    tenants: HashMap::new(),
+                });
+                g.pending.len() - 1
             }
-        });
+        };
+        let tenants = &mut g.pending[idx].tenants;
+        match tenants.get_mut(tenant) {
+            Some(sum) => sum.add(&t),
+            None => {
+                let key = if g.pending_keys >= MAX_PENDING_BUCKETS {
+                    g.folded += 1;
+                    OTHER_TENANT
+                } else {
+                    g.pending_keys += 1;
+                    tenant
+                };
+                tenants.entry(key.to_string()).or_default().add(&t);
+            }
+        }
+        if !g.handles.contains_key(tenant) {
+            let (own, h) = self.handles_for(tenant, &g.handles);
+            if own || g.handles.len() < 2 * MAX_TENANT_LABELS {
+                g.handles.insert(tenant.to_string(), h.clone());
+            }
+            if !own {
+                // Tenants past the cap share `other`'s handles (looked up by that name once the
+                // map stops remembering them one by one).
+                g.handles.entry(OTHER_TENANT.to_string()).or_insert(h);
+            }
+        }
+        let h = g
+            .handles
+            .get(tenant)
+            .or_else(|| g.handles.get(OTHER_TENANT))
+            .expect("inserted above");
         // Counters are integers: resource-seconds are counted in milliseconds.
         h.invocations.increment(t.invocations);
         h.busy.increment(milli(t.busy_s));
@@ -305,30 +309,125 @@ impl Meter {
         h.gpu.increment(milli(t.gpu_gb_s));
     }
 
+    /// Handles for a tenant first seen here: its own label while the process-wide cap allows
+    /// (true), else `other`'s.
+    fn handles_for(&self, tenant: &str, known: &HashMap<String, Handles>) -> (bool, Handles) {
+        let label = {
+            let mut labels = self.meter.labels.lock().unwrap_or_else(|e| e.into_inner());
+            if labels.contains(tenant) || labels.len() < MAX_TENANT_LABELS {
+                labels.insert(tenant.to_string());
+                tenant
+            } else {
+                OTHER_TENANT
+            }
+        };
+        let own = label == tenant;
+        if let Some(h) = known.get(label) {
+            return (own, h.clone());
+        }
+        let l = |name: &'static str| metrics::counter!(name, "service" => self.service.clone(), "function" => self.id.clone(), "tenant" => label.to_string());
+        use crate::telemetry as tm;
+        let h = Handles {
+            invocations: l(tm::USAGE_INVOCATIONS),
+            busy: l(tm::USAGE_BUSY_SECONDS),
+            vcpu: l(tm::USAGE_VCPU_SECONDS),
+            memory: l(tm::USAGE_MEMORY_GB_SECONDS),
+            gpu: l(tm::USAGE_GPU_GB_SECONDS),
+        };
+        (own, h)
+    }
+
+    /// Moves what is pending into `batch`.
+    fn drain(&self, batch: &mut HashMap<Key, Totals>) -> u64 {
+        let (pending, folded) = {
+            let mut g = self.lock();
+            g.pending_keys = 0;
+            (
+                std::mem::take(&mut g.pending),
+                std::mem::take(&mut g.folded),
+            )
+        };
+        for b in pending {
+            for (tenant, t) in b.tenants {
+                let key = Key {
+                    hour: b.hour,
+                    service: self.service.clone(),
+                    function: self.function.clone(),
+                    tenant,
+                    gpu_type: b.gpu_type.as_deref().unwrap_or("").to_string(),
+                };
+                batch.entry(key).or_default().add(&t);
+            }
+        }
+        folded
+    }
+}
+
+/// The gateway's usage meter: the registry of function meters, the tenant label cap, the store.
+#[derive(Debug, Default)]
+pub struct Meter {
+    functions: Mutex<Vec<Arc<FunctionMeter>>>,
+    labels: Mutex<std::collections::HashSet<String>>,
+    /// A batch a failed write left behind, tried again with the next flush.
+    retry: Mutex<HashMap<Key, Totals>>,
+    /// One flush at a time, so a query's flush also waits for a periodic one in progress.
+    flushing: tokio::sync::Mutex<()>,
+    store: std::sync::OnceLock<Arc<Store>>,
+}
+
+impl Meter {
+    pub fn new() -> Arc<Meter> {
+        Arc::new(Meter::default())
+    }
+
+    /// The meter of a function runtime; kept until flushed after the runtime is gone.
+    pub fn function(self: &Arc<Self>, spec: &FunctionSpec) -> Arc<FunctionMeter> {
+        let f = Arc::new(FunctionMeter {
+            service: spec.service.clone(),
+            function: spec.name.clone(),
+            id: spec.id.clone(),
+            meter: self.clone(),
+            inner: Mutex::new(FnInner::default()),
+        });
+        lock(&self.functions).push(f.clone());
+        f
+    }
+
+    /// Opens (or creates) `data_dir/usage.sqlite3`; totals kept before are kept.
+    pub fn open(&self, data_dir: &Path) -> Result<(), StoreError> {
+        let s = Store::open(&data_dir.join(store::FILE))?;
+        let _ = self.store.set(Arc::new(s));
+        Ok(())
+    }
+
     /// Writes the in-memory totals to the store (if open). On failure they stay in memory and
     /// the next flush tries again.
     pub async fn flush(self: &Arc<Self>) {
         let Some(store) = self.store.get().cloned() else {
             return;
         };
-        let (batch, folded) = {
-            let mut g = self.lock();
-            (
-                std::mem::take(&mut g.pending),
-                std::mem::take(&mut g.folded),
-            )
-        };
+        let _one = self.flushing.lock().await;
+        let mut batch = std::mem::take(&mut *lock(&self.retry));
+        let mut folded = 0;
+        {
+            let mut fns = lock(&self.functions);
+            for f in fns.iter() {
+                folded += f.drain(&mut batch);
+            }
+            // A meter only this registry holds belongs to a function a reload removed: its
+            // usage is in the batch now.
+            fns.retain(|f| Arc::strong_count(f) > 1);
+        }
         if folded > 0 {
             tracing::warn!(
                 folded,
                 max = MAX_PENDING_BUCKETS,
-                "usage buckets over the in-memory bound: new tenants counted as `other` until the next flush"
+                "usage buckets over the in-memory bound of a function: new tenants counted as `other` until the next flush"
             );
         }
         if batch.is_empty() {
             return;
         }
-        let this = self.clone();
         let result = tokio::task::spawn_blocking(move || {
             let r = store.add(&batch);
             (r, batch)
@@ -339,9 +438,9 @@ impl Meter {
             Ok((Err(e), batch)) => {
                 metrics::counter!(crate::telemetry::USAGE_FLUSH_FAILURES).increment(1);
                 tracing::error!("cannot write usage to {}: {e}; kept in memory", store::FILE);
-                let mut g = this.lock();
+                let mut r = lock(&self.retry);
                 for (k, t) in batch {
-                    g.pending.entry(k).or_default().add(&t);
+                    r.entry(k).or_default().add(&t);
                 }
             }
             Err(e) => tracing::error!("usage flush task failed: {e}"),
@@ -364,6 +463,10 @@ impl Meter {
             .await
             .map_err(|e| StoreError(e.to_string()))?
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// `metrics` counters are integers: resource-seconds are counted in thousandths.

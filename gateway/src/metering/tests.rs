@@ -130,19 +130,28 @@ fn times_parse() {
     }
 }
 
-#[tokio::test]
-async fn totals_survive_reopening_the_store() {
-    let dir = std::env::temp_dir().join(format!("fngate-usage-{}", std::process::id()));
+/// A meter with its store in a fresh directory, and a function meter of `spec()`.
+fn meter(tag: &str) -> (std::path::PathBuf, Arc<Meter>, Arc<FunctionMeter>) {
+    let dir = std::env::temp_dir().join(format!("fngate-usage-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let s = spec();
-    let u = Usage::new(&s, None, 2.0, Billing::Request);
     let m = Meter::new();
     m.open(&dir).unwrap();
-    m.invocation(&s, Some("acme"), &u);
-    m.invocation(&s, Some("acme"), &u);
-    m.invocation(&s, None, &u);
-    m.reserved(&s, None, 10.0);
+    let fm = m.function(&spec());
+    (dir, m, fm)
+}
+
+#[tokio::test]
+async fn totals_survive_reopening_the_store() {
+    let (dir, m, fm) = meter("reopen");
+    let s = spec();
+    let u = Usage::new(&s, None, 2.0, Billing::Request);
+    fm.invocation(Some("acme"), &u);
+    fm.invocation(Some("acme"), &u);
+    fm.invocation(None, &u);
+    fm.reserved(&s, None, 10.0);
+    m.flush().await;
+    // Flushed: a second flush adds nothing.
     m.flush().await;
     let now = crate::scheduler::unix_now() as i64;
     let m2 = Meter::new();
@@ -172,4 +181,39 @@ fn long_tenants_are_cut_at_a_character_boundary() {
     let s = "é".repeat(100);
     let t = truncate(&s, MAX_TENANT_LEN);
     assert!(t.len() <= MAX_TENANT_LEN && t.chars().all(|c| c == 'é'));
+}
+
+#[tokio::test]
+async fn tenants_past_the_memory_bound_fold_into_other() {
+    let (dir, m, fm) = meter("fold");
+    let u = Usage::new(&spec(), None, 1.0, Billing::Request);
+    for i in 0..MAX_PENDING_BUCKETS + 5 {
+        fm.invocation(Some(&format!("t{i}")), &u);
+    }
+    // A known tenant still gets its own bucket.
+    fm.invocation(Some("t0"), &u);
+    m.flush().await;
+    let now = crate::scheduler::unix_now() as i64;
+    let rows = m
+        .query(now - 3600, now + 3600, Group::Tenant)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), MAX_PENDING_BUCKETS + 1);
+    let by = |t: &str| rows.iter().find(|r| r.key == t).map(|r| r.totals).unwrap();
+    assert_eq!(by(OTHER_TENANT).invocations, 5);
+    assert_eq!(by("t0").invocations, 2);
+    // After the flush the bound starts again.
+    fm.invocation(Some("late"), &u);
+    let rows = m
+        .query(now - 3600, now + 3600, Group::Tenant)
+        .await
+        .unwrap();
+    assert_eq!(by_key(&rows, "late"), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn by_key(rows: &[store::UsageRow], k: &str) -> u64 {
+    rows.iter()
+        .find(|r| r.key == k)
+        .map_or(0, |r| r.totals.invocations)
 }

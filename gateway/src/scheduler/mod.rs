@@ -18,7 +18,7 @@ pub mod gpu;
 pub mod scaling;
 
 use crate::config::{BackendSpec, FunctionSpec, ProcessSpec};
-use crate::metering::{Billing, Meter, ShareClock, Usage};
+use crate::metering::{Billing, FunctionMeter, Meter, ShareClock, Usage};
 use crate::telemetry::{FunctionMetrics, InstanceExit, millis as ms};
 use arc_swap::ArcSwap;
 use gpu::{GpuPool, GpuShare, PlaceError};
@@ -320,9 +320,8 @@ impl Slot {
         };
         let usage = Usage::new(&spec, inst.gpu.as_ref(), share, billing);
         self.function
-            .node
             .meter
-            .invocation(&spec, self.tenant.as_deref(), &usage);
+            .invocation(self.tenant.as_deref(), &usage);
         Some(usage)
     }
 }
@@ -410,16 +409,20 @@ pub struct FunctionRuntime {
     inner: Mutex<Inner>,
     pub metrics: FunctionMetrics,
     node: Arc<Node>,
+    /// This function's usage not yet flushed.
+    meter: Arc<FunctionMeter>,
 }
 
 impl FunctionRuntime {
     pub fn new(spec: Arc<FunctionSpec>, node: Arc<Node>) -> Arc<Self> {
         let metrics = FunctionMetrics::new(&spec.id);
+        let meter = node.meter.function(&spec);
         let rt = Arc::new(FunctionRuntime {
             spec: ArcSwap::new(spec.clone()),
             inner: Mutex::new(Inner::default()),
             metrics,
             node,
+            meter,
         });
         {
             let mut g = rt.lock();
@@ -797,8 +800,7 @@ impl FunctionRuntime {
             g.instances.retain(|i| !Arc::ptr_eq(i, inst));
             let lived = inst.clock().reserved_since_last(now, false);
             if let Some(d) = lived {
-                self.node
-                    .meter
+                self.meter
                     .reserved(&spec, inst.gpu.as_ref(), d.as_secs_f64());
             }
             inst.set_state(InstanceState::Stopping);
@@ -910,8 +912,7 @@ impl FunctionRuntime {
         };
         let (launches, reserved) = launches;
         for (inst, d) in reserved {
-            self.node
-                .meter
+            self.meter
                 .reserved(&spec, inst.gpu.as_ref(), d.as_secs_f64());
         }
         self.launch(launches);
