@@ -226,12 +226,16 @@ async fn concurrency_two_splits_overlapping_requests() {
         triggers("pair")
     );
     let gw = start(&config);
-    // A (no tenant) runs 1000 ms; B (`paid`) starts 300 ms later and runs 400 ms, wholly inside
-    // A: B is charged half its time, A the rest of the instance's busy time.
+    // A (no tenant) runs 1000 ms; B (`paid`) starts once A is at the backend, 200 ms later, and
+    // runs 400 ms, wholly inside A: B is charged half its time, A the rest of the busy time.
     let t0 = Instant::now();
     let a = call(&gw, false, 1000);
     let b = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        eventually("A at the backend", Duration::from_secs(5), || async {
+            backend.stats().await["in_flight"] == 1
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
         call(&gw, true, 400).await
     };
     let (a, b) = tokio::join!(a, b);
@@ -304,4 +308,80 @@ async fn provisioned_instance_is_metered_for_its_lifetime() {
     assert_eq!(free["invocations"], 1);
     assert_between("busy_s", f(free, "busy_s"), 0.1, 0.1 + SLACK_S);
     assert_eq!(f(free, "vcpu_s"), 0.0);
+}
+
+/// Tenants from a policy plugin's decision split the totals; an async run is an invocation
+/// metered to the tenant it was accepted with, whatever tenant header the caller sent.
+#[tokio::test]
+async fn plugin_tenants_and_async_runs_are_metered() {
+    let backend = Backend::start("m2");
+    let config = format!(
+        r#"
+[[plugin]]
+name = "tenants"
+path = "{}"
+config = {{ keys = "key-abc=acme:0,key-def=globex:0", rate_per_second = "100", burst = "100" }}
+
+[[service]]
+name = "demo"
+
+[[service.function]]
+name = "api"
+backend = {{ kind = "static", endpoints = ["{}"] }}
+
+[[trigger]]
+name = "api"
+kind = "http"
+function = "demo/api"
+path = "/api"
+plugins = ["tenants"]
+"#,
+        crate::plugins::wasm("tenant_policy").display(),
+        backend.url()
+    );
+    let gw = start(&config);
+    let send = |key: &'static str, extra: Vec<(&'static str, &'static str)>| {
+        let gw = &gw;
+        async move {
+            let auth = format!("Bearer {key}");
+            let mut h = vec![("authorization", auth.as_str())];
+            h.extend(extra);
+            gw.request(Method::GET, "/api/x?sleep_ms=100", &h, Bytes::new())
+                .await
+        }
+    };
+    for key in ["key-abc", "key-abc", "key-def"] {
+        let r = send(key, vec![]).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    }
+    let r = send(
+        "key-abc",
+        vec![
+            ("x-fngate-invocation-type", "async"),
+            ("x-fngate-task-id", "metered_1"),
+            ("x-fngate-tenant", "globex"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    eventually(
+        "the async task succeeds",
+        Duration::from_secs(10),
+        || async {
+            crate::async_tasks::task(&gw, "metered_1").await["task"]["state"] == "Succeeded"
+        },
+    )
+    .await;
+
+    let u = usage(&gw, "tenant").await;
+    let acme = total(&u, "tenant", "acme");
+    assert_eq!(acme["invocations"], 3, "{u}");
+    assert_between("acme busy_s", f(acme, "busy_s"), 0.3, 0.3 + 3.0 * SLACK_S);
+    let globex = total(&u, "tenant", "globex");
+    assert_eq!(globex["invocations"], 1, "{u}");
+    assert_between("globex busy_s", f(globex, "busy_s"), 0.1, 0.1 + SLACK_S);
+    assert_eq!(
+        metric(&gw, "fngate_usage_invocations_total", &["tenant=\"acme\""]).await,
+        3.0
+    );
 }
