@@ -674,10 +674,14 @@ impl FunctionRuntime {
     }
 
     /// Sends grants outside the lock; a waiter that gave up in the meantime hands its slot
-    /// straight back through `Slot::drop`.
-    fn send(&self, grants: Vec<(oneshot::Sender<Grant>, Slot)>) {
+    /// straight back, unused (so not metered as an invocation).
+    fn send(self: &Arc<Self>, grants: Vec<(oneshot::Sender<Grant>, Slot)>) {
         for (tx, slot) in grants {
-            let _ = tx.send(Ok(slot));
+            if let Err(Ok(mut unused)) = tx.send(Ok(slot))
+                && let Some(inst) = unused.instance.take()
+            {
+                self.release(&inst, unused.mark);
+            }
         }
     }
 
