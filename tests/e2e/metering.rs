@@ -373,6 +373,23 @@ plugins = ["tenants"]
     )
     .await;
 
+    // The attempt's log line carries its usage too.
+    let attempt = gw
+        .stderr()
+        .lines()
+        .find(|l| l.contains("async attempt") && l.contains("metered_1"))
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no attempt line:\n{}", gw.stderr()));
+    let busy: f64 = attempt
+        .split_once("busy_s=")
+        .and_then(|(_, r)| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no busy_s in {attempt}"));
+    assert_between("attempt busy_s", busy, 0.1, 0.1 + SLACK_S);
+    assert!(
+        attempt.contains("billing=\"request\"") || attempt.contains("billing=request"),
+        "{attempt}"
+    );
+
     let u = usage(&gw, "tenant").await;
     let acme = total(&u, "tenant", "acme");
     assert_eq!(acme["invocations"], 3, "{u}");

@@ -107,6 +107,15 @@ pub enum Billing {
     Reserved,
 }
 
+impl Billing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Billing::Request => "request",
+            Billing::Reserved => "reserved",
+        }
+    }
+}
+
 /// What one invocation held: its share of the instance's busy time × the instance's spec.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Usage {
