@@ -217,3 +217,47 @@ fn by_key(rows: &[store::UsageRow], k: &str) -> u64 {
         .find(|r| r.key == k)
         .map_or(0, |r| r.totals.invocations)
 }
+
+#[test]
+fn instance_spec_keys_are_checked() {
+    let with = |keys: &str| {
+        crate::config::compile_with_env(
+            &format!(
+                "[[service]]\nname = \"s\"\n\n[[service.function]]\nname = \"f\"\n{keys}\n\
+                 backend = {{ kind = \"static\", endpoints = [\"http://127.0.0.1:9\"] }}\n"
+            ),
+            &[],
+        )
+    };
+    let f = with("").unwrap().functions.remove(0);
+    assert_eq!((f.cpu, f.memory), (1.0, 1 << 30));
+    let f = with("cpu = 0.25\nmemory = \"3GiB\"")
+        .unwrap()
+        .functions
+        .remove(0);
+    assert_eq!((f.cpu, f.memory), (0.25, 3 << 30));
+    for (keys, want) in [
+        (
+            "cpu = 0",
+            "service[0].function[0].cpu: `0` must be a number of vCPUs above 0",
+        ),
+        (
+            "cpu = \"two\"",
+            "service[0].function[0].cpu: `\"two\"` must be a number",
+        ),
+        ("cpu = 1000", "at most 512"),
+        ("memory = \"1KiB\"", "service[0].function[0].memory:"),
+        ("memory = \"lots\"", "service[0].function[0].memory:"),
+    ] {
+        let problems: Vec<String> = with(keys)
+            .err()
+            .unwrap_or_else(|| panic!("{keys} accepted"))
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert!(
+            problems.len() == 1 && problems[0].contains(want),
+            "{keys}: {problems:?}"
+        );
+    }
+}
