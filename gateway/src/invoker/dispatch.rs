@@ -357,7 +357,7 @@ impl Dispatcher {
         acquired.slot.set_tenant(tenant);
         let inst = acquired.slot.instance().clone();
         let outcome = self.exchange(task, req, &spec, &inst).await;
-        *usage = acquired.slot.finish();
+        *usage = acquired.slot.finish(None);
         outcome
     }
 

@@ -888,9 +888,8 @@ impl Record {
 
     fn finish(&mut self) {
         // Free the slot before logging so the next request is not kept waiting by the log.
-        if let Some(mut slot) = self.slot.take() {
-            slot.set_tenant(self.tenant.clone());
-            self.usage = slot.finish();
+        if let Some(slot) = self.slot.take() {
+            self.usage = slot.finish(self.tenant.as_deref());
         }
         let Some(rt) = self.rt.take() else { return };
         let elapsed = self.start.elapsed();

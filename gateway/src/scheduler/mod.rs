@@ -304,12 +304,13 @@ impl Slot {
         self.tenant = tenant;
     }
 
-    /// Frees the slot and meters the invocation; returns what it used.
-    pub fn finish(mut self) -> Option<Usage> {
-        self.end()
+    /// Frees the slot and meters the invocation to `tenant` (else the one set before);
+    /// returns what it used.
+    pub fn finish(mut self, tenant: Option<&str>) -> Option<Usage> {
+        self.end(tenant)
     }
 
-    fn end(&mut self) -> Option<Usage> {
+    fn end(&mut self, tenant: Option<&str>) -> Option<Usage> {
         let inst = self.instance.take()?;
         let share = self.function.release(&inst, self.mark);
         let spec = self.function.spec.load();
@@ -321,14 +322,14 @@ impl Slot {
         let usage = Usage::new(&spec, inst.gpu.as_ref(), share, billing);
         self.function
             .meter
-            .invocation(self.tenant.as_deref(), &usage);
+            .invocation(tenant.or(self.tenant.as_deref()), &usage);
         Some(usage)
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.end();
+        self.end(None);
     }
 }
 

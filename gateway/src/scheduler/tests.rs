@@ -553,13 +553,12 @@ async fn overlapping_slots_share_the_instance_time() {
     let outer = rt.acquire(0).await.unwrap().slot;
     std::thread::sleep(Duration::from_millis(30));
     let t_inner = Instant::now();
-    let mut inner = rt.acquire(0).await.unwrap().slot;
-    inner.set_tenant(Some("t".into()));
+    let inner = rt.acquire(0).await.unwrap().slot;
     std::thread::sleep(Duration::from_millis(40));
-    let inner_usage = inner.finish().unwrap();
+    let inner_usage = inner.finish(Some("t")).unwrap();
     let inner_time = t_inner.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(30));
-    let outer_usage = outer.finish().unwrap();
+    let outer_usage = outer.finish(None).unwrap();
     let busy = t0.elapsed().as_secs_f64();
     assert_eq!(inner_usage.billing, Billing::Request);
     // The inner request was always sharing: half its slot time (taken within the marks).
