@@ -196,8 +196,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .await;
     // Usage up to here (instances' last lifetime included) is written before the process ends.
     gw.node.meter.flush().await;
-    // Spans still buffered go out before the process ends (blocking: the exporter's thread).
+    // Spans and log lines still buffered go out before the process ends (blocking calls).
     let _ = tokio::task::spawn_blocking(crate::telemetry::trace::shutdown).await;
+    let g = gw.clone();
+    let _ = tokio::task::spawn_blocking(move || g.flush_logs(Duration::from_secs(2))).await;
     let _ = std::fs::remove_file(s.data_dir.join(LISTENERS_FILE));
     Ok(())
 }

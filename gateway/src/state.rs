@@ -118,6 +118,11 @@ impl Gateway {
         self.current.load_full()
     }
 
+    /// Writes the log lines still buffered in every sink (at shutdown; blocking, bounded).
+    pub fn flush_logs(&self, timeout: std::time::Duration) {
+        self.sinks.flush(timeout);
+    }
+
     /// Re-reads the config file; on any problem nothing changes and every problem is returned.
     pub fn reload(&self) -> Result<ReloadReport, ConfigError> {
         // Two reloads at once would race on which generation wins; one at a time.

@@ -243,12 +243,15 @@ async fn concurrency_two_splits_overlapping_requests() {
     let la = gw.log_line(&a).await;
     let lb = gw.log_line(&b).await;
     let (sa, sb) = (f(&la["usage"], "busy_s"), f(&lb["usage"], "busy_s"));
-    assert_between("B's share", sb, 0.2, 0.2 + SLACK_S);
+    // B shared all its slot time with A: it is charged half of it (its log's duration also
+    // counts the moments before it had the slot).
+    let b_time = f(&lb, "duration_ms") / 1000.0;
+    assert_between("B's share", sb, 0.2, b_time / 2.0 + 0.001);
     // Together they are charged exactly the time the instance had work: A's slot time.
     let a_slot = f(&la, "duration_ms") / 1000.0;
     assert_between("A + B", sa + sb, 1.0, a_slot + 0.001);
     assert!(sa + sb <= wall, "{sa} + {sb} > {wall}");
-    assert_between("A's share", sa, 0.8, 0.8 + SLACK_S);
+    assert_between("A's share", sa, 0.8 - SLACK_S, 0.8 + SLACK_S);
     eprintln!(
         "concurrency 2: A {sa:.4} s (expected 0.8), B {sb:.4} s (expected 0.2), A's slot {a_slot:.4} s"
     );
@@ -296,9 +299,10 @@ async fn provisioned_instance_is_metered_for_its_lifetime() {
     let u = usage(&gw, "tenant").await;
     let reserved = total(&u, "tenant", "(reserved)");
     let life = f(reserved, "reserved_s");
-    // Metered from ready up to the last upkeep tick (every 250 ms) before the query.
+    // Metered from ready up to the last upkeep tick (every 250 ms, later on a loaded machine)
+    // before the query.
     let hi = (t_query - t0).as_secs_f64() + 0.05;
-    let lo = (t_query - t_ready).as_secs_f64() - 0.4;
+    let lo = (t_query - t_ready).as_secs_f64() - 0.75;
     assert_between("reserved_s", life, lo, hi);
     eprintln!("provisioned: reserved_s {life:.3} within {lo:.3}..={hi:.3}");
     assert!((f(reserved, "vcpu_s") - 0.5 * life).abs() < 1e-6, "{u}");

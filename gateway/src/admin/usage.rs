@@ -103,7 +103,7 @@ fn body(p: &Params, rows: &[UsageRow]) -> serde_json::Value {
                 .or_default()
                 .add(&r.totals);
             let mut v = json!({
-                "hour": crate::telemetry::rfc3339(r.hour, 0),
+                "hour": crate::telemetry::rfc3339(r.hour),
                 (name): r.key,
                 "gpu_type": r.gpu_type,
             });
@@ -120,8 +120,8 @@ fn body(p: &Params, rows: &[UsageRow]) -> serde_json::Value {
         })
         .collect();
     json!({
-        "from": crate::telemetry::rfc3339(crate::metering::hour_of(p.from), 0),
-        "to": crate::telemetry::rfc3339(p.to, 0),
+        "from": crate::telemetry::rfc3339(crate::metering::hour_of(p.from)),
+        "to": crate::telemetry::rfc3339(p.to),
         "group_by": name,
         "flush_interval_s": FLUSH_INTERVAL.as_secs_f64(),
         "hours": hours,

@@ -656,7 +656,9 @@ async fn accept_async(
     if !existing {
         dispatcher.wake(&spec.id, due);
     }
-    metrics::counter!(crate::telemetry::ASYNC_ACCEPTED, "function" => spec.id.clone(), "result" => if existing { "existing" } else { "stored" }).increment(1);
+    if let (Some(rt), Some(i)) = (&record.rt, record.function) {
+        rt.functions[i].metrics.async_accepted(existing);
+    }
     let body = serde_json::json!({
         "task_id": summary.id,
         "request_id": summary.request_id,

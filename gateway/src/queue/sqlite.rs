@@ -472,6 +472,8 @@ fn writer_loop(
 ) {
     let mut batch = Vec::with_capacity(max_batch);
     let mut close = None;
+    let commit_size = metrics::histogram!(crate::telemetry::STORE_COMMIT_COMMANDS);
+    let commit_time = metrics::histogram!(crate::telemetry::STORE_COMMIT_DURATION);
     while close.is_none() {
         let Some(first) = rx.blocking_recv() else {
             break;
@@ -487,7 +489,10 @@ fn writer_loop(
             }
         }
         if !batch.is_empty() {
+            let t0 = std::time::Instant::now();
+            commit_size.record(batch.len() as f64);
             run_batch(&conn, &path, &mut batch);
+            commit_time.record(t0.elapsed().as_secs_f64());
         }
     }
     // Closing: refuse whatever other clones still queued, then let go of the file.

@@ -66,6 +66,8 @@ pub const USAGE_VCPU_SECONDS: &str = "fngate_usage_vcpu_milliseconds_total";
 pub const USAGE_MEMORY_GB_SECONDS: &str = "fngate_usage_memory_gb_milliseconds_total";
 pub const USAGE_GPU_GB_SECONDS: &str = "fngate_usage_gpu_gb_milliseconds_total";
 pub const USAGE_FLUSH_FAILURES: &str = "fngate_usage_flush_failures_total";
+pub const STORE_COMMIT_COMMANDS: &str = "fngate_async_store_commit_commands";
+pub const STORE_COMMIT_DURATION: &str = "fngate_async_store_commit_seconds";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.00001, 0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -80,6 +82,11 @@ pub fn install_metrics() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .expect("bucket list is not empty")
+                .set_buckets_for_metric(
+                    Matcher::Full(STORE_COMMIT_COMMANDS.into()),
+                    &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+                )
                 .expect("bucket list is not empty")
                 .build_recorder();
             let handle = recorder.handle();
@@ -148,6 +155,15 @@ fn describe() {
         "Matched events whose task already existed (redeliveries)"
     );
     describe_counter!(EVENTS_REJECTED, "Event notifications refused, by reason");
+    describe_histogram!(
+        STORE_COMMIT_COMMANDS,
+        "Commands (accepts, claims, finishes …) the embedded task store commits together"
+    );
+    describe_histogram!(
+        STORE_COMMIT_DURATION,
+        metrics::Unit::Seconds,
+        "One group commit of the embedded task store, statements and fsync"
+    );
 }
 
 /// A duration as milliseconds with microsecond precision, as log lines and the admin API show it.
@@ -241,6 +257,8 @@ pub struct FunctionMetrics {
     /// exited (unexpectedly), unhealthy, stopped (by fngate)
     exits: [Counter; 3],
     pub provisioned_target: Gauge,
+    /// Async accepts: stored, existing (a repeated task id).
+    async_accepted: [Counter; 2],
     /// The last minute in process, for the dashboard (`GET /admin/overview`).
     pub window: Window,
 }
@@ -276,6 +294,8 @@ impl FunctionMetrics {
             exits: ["exited", "unhealthy", "stopped"]
                 .map(|r| metrics::counter!(INSTANCE_EXITS, "function" => f.clone(), "reason" => r)),
             provisioned_target: metrics::gauge!(PROVISIONED_TARGET, "function" => f.clone()),
+            async_accepted: ["stored", "existing"]
+                .map(|r| metrics::counter!(ASYNC_ACCEPTED, "function" => f.clone(), "result" => r)),
             window: Window::new(),
         }
     }
@@ -287,6 +307,11 @@ impl FunctionMetrics {
             self.cold_start_duration.record(d.as_secs_f64());
         }
         self.window.cold_start(took);
+    }
+
+    /// An async request stored as a new task, or answered with the existing task of its id.
+    pub fn async_accepted(&self, existing: bool) {
+        self.async_accepted[usize::from(existing)].increment(1);
     }
 
     pub fn instance_exit(&self, why: InstanceExit) {
@@ -389,16 +414,42 @@ pub fn base64(data: &[u8]) -> String {
     out
 }
 
-/// RFC 3339 UTC timestamp with milliseconds, without pulling in a date crate.
+/// RFC 3339 UTC timestamp with milliseconds, without pulling in a date crate. Called for every
+/// log line: the date and time of day are formatted once per second per thread.
 pub fn rfc3339_now() -> String {
+    thread_local! {
+        static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    rfc3339(now.as_secs() as i64, now.subsec_millis())
+    let secs = now.as_secs();
+    let ms = now.subsec_millis();
+    SECOND.with_borrow_mut(|(at, prefix)| {
+        if *at != secs {
+            *at = secs;
+            *prefix = rfc3339_second(secs as i64);
+        }
+        let mut out = String::with_capacity(24);
+        out.push_str(prefix);
+        out.push('.');
+        out.push(char::from(b'0' + (ms / 100) as u8));
+        out.push(char::from(b'0' + (ms / 10 % 10) as u8));
+        out.push(char::from(b'0' + (ms % 10) as u8));
+        out.push('Z');
+        out
+    })
 }
 
-/// RFC 3339 UTC timestamp with milliseconds of unix seconds `secs` and `ms` milliseconds.
-pub fn rfc3339(secs: i64, ms: u32) -> String {
+/// RFC 3339 UTC timestamp of a Unix second (`2026-11-25T10:00:00Z`).
+pub fn rfc3339(secs: i64) -> String {
+    let mut s = rfc3339_second(secs);
+    s.push('Z');
+    s
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of a Unix second.
+fn rfc3339_second(secs: i64) -> String {
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);
     // Howard Hinnant's civil_from_days.
@@ -413,7 +464,7 @@ pub fn rfc3339(secs: i64, ms: u32) -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
         sod / 3600,
         (sod % 3600) / 60,
         sod % 60
@@ -440,6 +491,13 @@ mod tests {
         assert_eq!(base64(b"fo"), "Zm8=");
         assert_eq!(base64(b"foo"), "Zm9v");
         assert_eq!(base64(&[0xff, 0x00, 0x10, 0x80]), "/wAQgA==");
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(rfc3339_second(0), "1970-01-01T00:00:00");
+        assert_eq!(rfc3339_second(951_782_400), "2000-02-29T00:00:00");
+        assert_eq!(rfc3339_second(1_795_996_799), "2026-11-29T23:59:59");
     }
 
     #[test]
