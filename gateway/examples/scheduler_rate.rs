@@ -73,6 +73,8 @@ fn spec(i: usize) -> Arc<FunctionSpec> {
         gpu: None,
         scaling: ScalingSpec::fixed(ENDPOINTS as u32),
         async_: Default::default(),
+        cpu: fngate::config::DEFAULT_CPU,
+        memory: fngate::config::DEFAULT_MEMORY,
     })
 }
 

@@ -16,6 +16,7 @@ pub mod events;
 pub mod instances;
 pub mod invoker;
 pub mod listener;
+pub mod metering;
 pub mod policy;
 pub mod queue;
 pub mod scheduler;

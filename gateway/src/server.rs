@@ -75,6 +75,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let gw = Gateway::new(config, prometheus, admin_token, policy)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     open_queue(&gw).await?;
+    let meter = gw.node.meter.clone();
+    let dir = s.data_dir.clone();
+    tokio::task::spawn_blocking(move || meter.open(&dir))
+        .await?
+        .map_err(|e| anyhow::anyhow!("usage store: {e}"))?;
+    crate::metering::spawn_flusher(gw.node.meter.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let public_conns = Arc::new(Semaphore::new(limits.max_connections));
     let admin_conns = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
@@ -188,6 +194,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     gw.launcher
         .shutdown(longest_grace + Duration::from_secs(2))
         .await;
+    // Usage up to here (instances' last lifetime included) is written before the process ends.
+    gw.node.meter.flush().await;
     // Spans and log lines still buffered go out before the process ends (blocking calls).
     let _ = tokio::task::spawn_blocking(crate::telemetry::trace::shutdown).await;
     let g = gw.clone();

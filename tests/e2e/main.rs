@@ -12,6 +12,7 @@ mod forwarding;
 mod harness;
 mod instances;
 mod logging;
+mod metering;
 mod operations;
 mod plugins;
 mod prometheus;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-fn wasm(lib: &str) -> PathBuf {
+pub(crate) fn wasm(lib: &str) -> PathBuf {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../plugins/target/wasm32-wasip2/release")
         .join(format!("{lib}.wasm"));

@@ -6,6 +6,7 @@
 
 mod dashboard;
 mod tasks;
+mod usage;
 
 use crate::body::ResponseBody;
 use crate::error::error_response;
@@ -28,6 +29,8 @@ pub async fn handle(
     let mut resp = if authed && req.method() == Method::POST && req.uri().path() == "/admin/reload"
     {
         reload(gw.clone(), rid.as_str()).await
+    } else if authed && req.method() == Method::GET && req.uri().path() == "/admin/usage" {
+        usage::handle(&gw, req.uri().query(), rid.as_str()).await
     } else if authed && req.method() == Method::GET && req.uri().path() == "/admin/overview" {
         dashboard::overview(&gw).await
     } else if authed && (req.uri().path() == "/tasks" || req.uri().path().starts_with("/tasks/")) {
@@ -155,6 +158,7 @@ fn route(gw: &Gateway, req: &Request<Incoming>, rid: &str) -> Response<ResponseB
             | ["admin", "functions"]
             | ["admin", "reload"]
             | ["admin", "gpus"]
+            | ["admin", "usage"]
             | ["admin", "functions", _, _, "provisioned"],
         ) => error_response(
             StatusCode::METHOD_NOT_ALLOWED,

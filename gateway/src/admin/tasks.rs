@@ -125,7 +125,7 @@ fn filter(query: Option<&str>) -> Result<ListFilter, String> {
 }
 
 /// `%2F` → `/` (function ids contain a slash); `+` stays a plus.
-fn percent_decode(s: &str) -> String {
+pub(super) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -24,6 +24,12 @@ pub const DEFAULT_DATA_DIR: &str = "data";
 pub const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_INSTANCE_CONCURRENCY: u32 = 1;
 pub const MAX_INSTANCE_CONCURRENCY: u32 = 10_000;
+/// vCPUs an instance is metered with when a function does not say (`cpu`).
+pub const DEFAULT_CPU: f64 = 1.0;
+pub const MAX_CPU: f64 = 512.0;
+/// Memory an instance is metered with when a function does not say (`memory`).
+pub const DEFAULT_MEMORY: u64 = 1 << 30;
+pub const MAX_MEMORY: u64 = 4 << 40;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_MAX_QUEUED: usize = 100;
@@ -420,6 +426,10 @@ pub struct FunctionSpec {
     pub gpu: Option<GpuRequest>,
     pub scaling: ScalingSpec,
     pub async_: AsyncSpec,
+    /// vCPUs of one instance, for usage metering (not enforced).
+    pub cpu: f64,
+    /// Memory of one instance in bytes, for usage metering (not enforced).
+    pub memory: u64,
 }
 
 impl FunctionSpec {

@@ -148,7 +148,7 @@ pub struct RawFunction {
     #[serde(rename = "async")]
     pub async_: Option<RawAsync>,
     pub cpu: Option<toml::Value>,
-    pub memory: Option<toml::Value>,
+    pub memory: Option<SizeValue>,
 }
 
 #[derive(Debug, Deserialize)]

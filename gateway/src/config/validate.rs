@@ -798,22 +798,26 @@ fn compile_function(
         }
         Some(n) => n.clone(),
     };
-    for (key, val, what) in [
-        (
-            "cpu",
-            f.cpu.is_some(),
-            "instance specs for process backends",
-        ),
-        (
-            "memory",
-            f.memory.is_some(),
-            "instance specs for process backends",
-        ),
-    ] {
-        if val {
-            cx.unsupported(format!("{fp}.{key}"), what);
-        }
-    }
+    let cpu = match &f.cpu {
+        None => DEFAULT_CPU,
+        Some(v) => match v.as_float().or_else(|| v.as_integer().map(|i| i as f64)) {
+            Some(c) if c > 0.0 && c <= MAX_CPU => c,
+            _ => {
+                cx.err(
+                    format!("{fp}.cpu"),
+                    format!("`{v}` must be a number of vCPUs above 0 and at most {MAX_CPU}"),
+                );
+                DEFAULT_CPU
+            }
+        },
+    };
+    let memory = cx.size(
+        format!("{fp}.memory"),
+        &f.memory,
+        DEFAULT_MEMORY,
+        1 << 20,
+        MAX_MEMORY,
+    );
     let instance_concurrency = cx.count(
         format!("{fp}.instance_concurrency"),
         f.instance_concurrency,
@@ -900,6 +904,8 @@ fn compile_function(
         backend: backend?,
         gpu,
         scaling,
+        cpu,
+        memory,
     })
 }
 

@@ -11,7 +11,9 @@
 use super::error_chain;
 use crate::backend::X_REQUEST_ID;
 use crate::config::{Destination, FunctionSpec};
-use crate::queue::{Finish, StoreListener, Task, TaskResult, TaskState, TaskStore, now_ms};
+use crate::queue::{
+    Finish, StoreListener, Task, TaskRequest, TaskResult, TaskState, TaskStore, now_ms,
+};
 use crate::scheduler::ScheduleError;
 use crate::state::Gateway;
 use bytes::{Bytes, BytesMut};
@@ -36,6 +38,9 @@ const DESTINATION_PAYLOAD_LIMIT: usize = 64 * 1024;
 const DESTINATION_ATTEMPTS: u32 = 3;
 const DESTINATION_TIMEOUT: Duration = Duration::from_secs(10);
 pub static X_TASK_ID: HeaderName = HeaderName::from_static("x-fngate-task-id");
+/// Set on a stored request by the gateway (never taken from a caller): the tenant its runs are
+/// metered to.
+pub static X_TENANT: HeaderName = HeaderName::from_static("x-fngate-tenant");
 static X_ATTEMPT: HeaderName = HeaderName::from_static("x-fngate-attempt");
 
 pub struct Dispatcher {
@@ -214,7 +219,8 @@ impl Dispatcher {
         let id = task.summary.id.clone();
         let function = task.summary.function.clone();
         let started = std::time::Instant::now();
-        let outcome = self.call(&gw, &task).await;
+        let mut usage = None;
+        let outcome = self.call(&gw, &task, &mut usage).await;
         let elapsed = started.elapsed();
         let spec = gw
             .runtime()
@@ -285,6 +291,11 @@ impl Dispatcher {
             instance,
             duration_ms = elapsed.as_millis() as u64,
             error,
+            busy_s = usage.as_ref().map(|u| u.busy_s),
+            vcpu_s = usage.as_ref().map(|u| u.vcpu_s),
+            memory_gb_s = usage.as_ref().map(|u| u.memory_gb_s),
+            gpu_gb_s = usage.as_ref().map(|u| u.gpu_gb_s),
+            billing = usage.as_ref().map(|u| u.billing.as_str()),
             "async attempt"
         );
         match finished {
@@ -310,7 +321,13 @@ impl Dispatcher {
 
     /// Runs the stored request on an instance: the response (body up to the result limit), or
     /// why not.
-    async fn call(&self, gw: &Gateway, task: &Task) -> Result<(TaskResult, String), Attempt> {
+    /// `usage` is what the attempt held on its instance, once it had a slot.
+    async fn call(
+        &self,
+        gw: &Gateway,
+        task: &Task,
+        usage: &mut Option<crate::metering::Usage>,
+    ) -> Result<(TaskResult, String), Attempt> {
         let rt = gw.runtime();
         let Some((_, fr)) = rt.function(&task.summary.function) else {
             return Err(Attempt::Fatal(format!(
@@ -322,7 +339,7 @@ impl Dispatcher {
             return Err(Attempt::Fatal("the stored request is missing".into()));
         };
         let spec = fr.spec().clone();
-        let acquired = match fr.acquire(task.summary.priority).await {
+        let mut acquired = match fr.acquire(task.summary.priority).await {
             Ok(a) => a,
             Err(ScheduleError::Retired) => {
                 return Err(Attempt::Retry(
@@ -331,7 +348,27 @@ impl Dispatcher {
             }
             Err(e) => return Err(Attempt::Retry(format!("no instance slot: {e:?}"))),
         };
+        // Each attempt is an invocation: metered when the slot is freed, on every path.
+        let tenant = req
+            .headers
+            .iter()
+            .find(|(n, _)| n == X_TENANT.as_str())
+            .and_then(|(_, v)| String::from_utf8(v.clone()).ok());
+        acquired.slot.set_tenant(tenant);
         let inst = acquired.slot.instance().clone();
+        let outcome = self.exchange(task, req, &spec, &inst).await;
+        *usage = acquired.slot.finish(None);
+        outcome
+    }
+
+    /// Sends the stored request to `inst` and reads the response (body up to the result limit).
+    async fn exchange(
+        &self,
+        task: &Task,
+        req: &TaskRequest,
+        spec: &FunctionSpec,
+        inst: &crate::scheduler::Instance,
+    ) -> Result<(TaskResult, String), Attempt> {
         let Some(authority) = inst.authority().cloned() else {
             return Err(Attempt::Retry(format!(
                 "instance {} has no address",
@@ -409,7 +446,6 @@ impl Dispatcher {
                 )));
             }
         };
-        drop(acquired);
         Ok((result, instance))
     }
 

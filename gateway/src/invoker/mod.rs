@@ -121,6 +121,11 @@ async fn invoke(
             trigger: trigger.name.clone(),
         });
     }
+    // The trigger's credential identifies who is calling: the tenant usage is metered to,
+    // unless a plugin decides another.
+    if matches!(trigger.auth, crate::config::AuthSpec::Bearer(_)) {
+        record.tenant = Some(trigger.name.clone());
+    }
     let declared_len = parts
         .headers
         .get(header::CONTENT_LENGTH)
@@ -382,6 +387,8 @@ async fn invoke(
     let instance = slot.instance().clone();
     record.instance = Some(instance.clone());
     let cold = slot.cold().then(|| instance.cold_start()).flatten();
+    // The record frees the slot (and meters it) when it finishes, on every path from here.
+    record.slot = Some(slot);
     // Output numbered from here on is this request's (and that of requests overlapping it on
     // the same instance). Static endpoints have no captured output.
     let tail = if want_tail {
@@ -495,7 +502,6 @@ async fn invoke(
     let body = ProxyBody {
         inner: body,
         deadline: Box::pin(tokio::time::sleep_until(deadline)),
-        slot: Some(slot),
         record: Some(std::mem::replace(record, record.detached())),
         timeout: spec.timeout,
     };
@@ -592,12 +598,27 @@ async fn accept_async(
                 ));
             }
         };
-    let mut headers = Vec::with_capacity(parts.headers.len());
+    let mut headers = Vec::with_capacity(parts.headers.len() + 1);
     for (n, v) in &parts.headers {
-        if n == X_INVOCATION_TYPE || n == X_ASYNC_DELAY || n == dispatch::X_TASK_ID {
+        // A caller's own tenant header would bill someone else: only the gateway sets it.
+        if n == X_INVOCATION_TYPE
+            || n == X_ASYNC_DELAY
+            || n == dispatch::X_TASK_ID
+            || n == dispatch::X_TENANT
+        {
             continue;
         }
         headers.push((n.as_str().to_string(), v.as_bytes().to_vec()));
+    }
+    if let Some(t) = record
+        .tenant
+        .as_ref()
+        .filter(|t| HeaderValue::from_str(t).is_ok())
+    {
+        headers.push((
+            dispatch::X_TENANT.as_str().to_string(),
+            t.as_bytes().to_vec(),
+        ));
     }
     let now = now_ms();
     let task = NewTask {
@@ -780,6 +801,9 @@ pub struct Record {
     trigger: Option<usize>,
     function: Option<usize>,
     instance: Option<Arc<crate::scheduler::Instance>>,
+    /// The instance slot while the invocation runs; freed first thing in `finish`.
+    slot: Option<Slot>,
+    usage: Option<crate::metering::Usage>,
     queue_wait: Duration,
     upstream_start: Option<Instant>,
     upstream_headers: Option<Duration>,
@@ -846,6 +870,8 @@ impl Record {
             trigger: None,
             function: None,
             instance: None,
+            slot: None,
+            usage: None,
             queue_wait: Duration::ZERO,
             upstream_start: None,
             upstream_headers: None,
@@ -863,6 +889,10 @@ impl Record {
     }
 
     fn finish(&mut self) {
+        // Free the slot before logging so the next request is not kept waiting by the log.
+        if let Some(slot) = self.slot.take() {
+            self.usage = slot.finish(self.tenant.as_deref());
+        }
         let Some(rt) = self.rt.take() else { return };
         let elapsed = self.start.elapsed();
         let function = self.function.map(|i| &rt.functions[i]);
@@ -912,6 +942,7 @@ impl Record {
             bytes_out: self.bytes_out,
             error: self.error.as_deref(),
             tenant: self.tenant.as_deref(),
+            usage: self.usage.as_ref(),
         };
         rt.log.emit_for(fspec.map(|f| f.service.as_str()), &line);
         if let Some(trace) = self.trace.take()
@@ -994,18 +1025,15 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Incoming,
         deadline: Pin<Box<Sleep>>,
-        slot: Option<Slot>,
+        // Holds the instance slot until the end (see `Record::finish`).
         record: Option<Record>,
         timeout: Duration,
     }
 }
 
 impl ProxyBody {
-    /// Field order matters: when the client abandons the body, `slot` drops before `record`, so the
-    /// slot is free before the log line is written.
-    fn end(slot: &mut Option<Slot>, record: &mut Option<Record>, error: Option<String>) {
-        // Free the slot before logging so the next request is not kept waiting by the log.
-        slot.take();
+    /// When the client abandons the body, dropping `record` finishes it the same way.
+    fn end(record: &mut Option<Record>, error: Option<String>) {
         if let Some(mut r) = record.take() {
             if error.is_some() {
                 r.error = error;
@@ -1032,17 +1060,17 @@ impl Body for ProxyBody {
                 // With a Content-Length, the server stops polling once it has that many bytes; the
                 // invocation is complete now, not when the body is eventually dropped.
                 if this.inner.is_end_stream() {
-                    ProxyBody::end(this.slot, this.record, None);
+                    ProxyBody::end(this.record, None);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
                 let msg = format!("upstream failed mid-response: {}", error_chain(&e));
-                ProxyBody::end(this.slot, this.record, Some(msg));
+                ProxyBody::end(this.record, Some(msg));
                 Poll::Ready(Some(Err(Box::new(e))))
             }
             Poll::Ready(None) => {
-                ProxyBody::end(this.slot, this.record, None);
+                ProxyBody::end(this.record, None);
                 Poll::Ready(None)
             }
             Poll::Pending => {
@@ -1051,7 +1079,7 @@ impl Body for ProxyBody {
                         "function timeout of {} ms reached while streaming the response",
                         this.timeout.as_millis()
                     );
-                    ProxyBody::end(this.slot, this.record, Some(msg.clone()));
+                    ProxyBody::end(this.record, Some(msg.clone()));
                     return Poll::Ready(Some(Err(msg.into())));
                 }
                 Poll::Pending

@@ -18,6 +18,7 @@ pub mod gpu;
 pub mod scaling;
 
 use crate::config::{BackendSpec, FunctionSpec, ProcessSpec};
+use crate::metering::{Billing, FunctionMeter, Meter, ShareClock, Usage};
 use crate::telemetry::{FunctionMetrics, InstanceExit, millis as ms};
 use arc_swap::ArcSwap;
 use gpu::{GpuPool, GpuShare, PlaceError};
@@ -111,6 +112,9 @@ pub struct Instance {
     /// True for instances fngate starts (and so must stop).
     pub managed: bool,
     stop: Notify,
+    /// Fair shares of busy time between overlapping requests (`crate::metering`); locked only
+    /// under the function lock.
+    clock: Mutex<ShareClock>,
 }
 
 impl Instance {
@@ -134,7 +138,19 @@ impl Instance {
             pid: AtomicU32::new(0),
             managed,
             stop: Notify::new(),
+            clock: Mutex::new(ShareClock::new(Instant::now())),
         }
+    }
+
+    fn clock(&self) -> MutexGuard<'_, ShareClock> {
+        self.clock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A provisioned instance fngate started is billed for its lifetime, not per request.
+    fn reserved(&self) -> bool {
+        self.managed
+            && self.kind() == InstanceKind::Provisioned
+            && self.state() != InstanceState::Starting
     }
 
     pub fn busy(&self) -> u32 {
@@ -209,6 +225,8 @@ pub trait Launcher: Send + Sync + std::fmt::Debug {
 pub struct Node {
     pub gpus: GpuPool,
     launcher: OnceLock<Arc<dyn Launcher>>,
+    /// Usage of every function's instances.
+    pub meter: Arc<Meter>,
 }
 
 impl Node {
@@ -216,6 +234,7 @@ impl Node {
         Arc::new(Node {
             gpus,
             launcher: OnceLock::new(),
+            meter: Meter::new(),
         })
     }
 
@@ -262,6 +281,10 @@ pub struct Slot {
     instance: Option<Arc<Instance>>,
     /// Granted on an instance the moment it finished its cold start.
     cold: bool,
+    /// The instance's share clock when this slot was granted.
+    mark: f64,
+    /// Whom the usage is metered to.
+    tenant: Option<String>,
 }
 
 impl Slot {
@@ -275,13 +298,38 @@ impl Slot {
     pub fn cold(&self) -> bool {
         self.cold
     }
+
+    /// Meters this invocation's usage to `tenant` (unattributed without one).
+    pub fn set_tenant(&mut self, tenant: Option<String>) {
+        self.tenant = tenant;
+    }
+
+    /// Frees the slot and meters the invocation to `tenant` (else the one set before);
+    /// returns what it used.
+    pub fn finish(mut self, tenant: Option<&str>) -> Option<Usage> {
+        self.end(tenant)
+    }
+
+    fn end(&mut self, tenant: Option<&str>) -> Option<Usage> {
+        let inst = self.instance.take()?;
+        let share = self.function.release(&inst, self.mark);
+        let spec = self.function.spec.load();
+        let billing = if inst.reserved() {
+            Billing::Reserved
+        } else {
+            Billing::Request
+        };
+        let usage = Usage::new(&spec, inst.gpu.as_ref(), share, billing);
+        self.function
+            .meter
+            .invocation(tenant.or(self.tenant.as_deref()), &usage);
+        Some(usage)
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Some(inst) = self.instance.take() {
-            self.function.release(inst);
-        }
+        self.end(None);
     }
 }
 
@@ -362,16 +410,20 @@ pub struct FunctionRuntime {
     inner: Mutex<Inner>,
     pub metrics: FunctionMetrics,
     node: Arc<Node>,
+    /// This function's usage not yet flushed.
+    meter: Arc<FunctionMeter>,
 }
 
 impl FunctionRuntime {
     pub fn new(spec: Arc<FunctionSpec>, node: Arc<Node>) -> Arc<Self> {
         let metrics = FunctionMetrics::new(&spec.id);
+        let meter = node.meter.function(&spec);
         let rt = Arc::new(FunctionRuntime {
             spec: ArcSwap::new(spec.clone()),
             inner: Mutex::new(Inner::default()),
             metrics,
             node,
+            meter,
         });
         {
             let mut g = rt.lock();
@@ -493,7 +545,7 @@ impl FunctionRuntime {
                 return Err(ScheduleError::Retired);
             }
             let spec = self.spec.load();
-            if let Some(inst) = g
+            if let Some((inst, mark)) = g
                 .waiters
                 .is_empty()
                 .then(|| pick(&mut g, spec.instance_concurrency))
@@ -507,6 +559,8 @@ impl FunctionRuntime {
                         function: self.clone(),
                         instance: Some(inst),
                         cold: false,
+                        mark,
+                        tenant: None,
                     },
                     queue_wait: Duration::ZERO,
                 });
@@ -563,9 +617,11 @@ impl FunctionRuntime {
         }
     }
 
-    fn release(self: &Arc<Self>, inst: Arc<Instance>) {
-        let grants = {
+    /// Frees a slot on `inst` granted at share-clock `mark`; returns the request's busy share.
+    fn release(self: &Arc<Self>, inst: &Arc<Instance>, mark: f64) -> f64 {
+        let (share, grants) = {
             let mut g = self.lock();
+            let share = inst.clock().finish(Instant::now(), mark);
             let left = inst.busy.fetch_sub(1, Ordering::Relaxed) - 1;
             g.in_flight -= 1;
             self.metrics.in_flight.decrement(1.0);
@@ -576,11 +632,12 @@ impl FunctionRuntime {
                 }
             }
             if g.waiters.is_empty() {
-                return;
+                return share;
             }
-            self.grant_locked(&mut g, None)
+            (share, self.grant_locked(&mut g, None))
         };
         self.send(grants);
+        share
     }
 
     /// Pairs free slots with waiters, first by priority then arrival. Slots on `fresh` (an
@@ -593,7 +650,7 @@ impl FunctionRuntime {
         let mut grants = Vec::new();
         let limit = self.spec.load().instance_concurrency;
         while !g.waiters.is_empty() {
-            let Some(inst) = pick(g, limit) else {
+            let Some((inst, mark)) = pick(g, limit) else {
                 break;
             };
             let (_, tx) = g.waiters.pop_first().expect("checked non-empty");
@@ -606,6 +663,8 @@ impl FunctionRuntime {
                     function: self.clone(),
                     instance: Some(inst),
                     cold,
+                    mark,
+                    tenant: None,
                 },
             ));
         }
@@ -616,10 +675,14 @@ impl FunctionRuntime {
     }
 
     /// Sends grants outside the lock; a waiter that gave up in the meantime hands its slot
-    /// straight back through `Slot::drop`.
-    fn send(&self, grants: Vec<(oneshot::Sender<Grant>, Slot)>) {
+    /// straight back, unused (so not metered as an invocation).
+    fn send(self: &Arc<Self>, grants: Vec<(oneshot::Sender<Grant>, Slot)>) {
         for (tx, slot) in grants {
-            let _ = tx.send(Ok(slot));
+            if let Err(Ok(mut unused)) = tx.send(Ok(slot))
+                && let Some(inst) = unused.instance.take()
+            {
+                self.release(&inst, unused.mark);
+            }
         }
     }
 
@@ -711,6 +774,9 @@ impl FunctionRuntime {
             let _ = inst.cold.set(cold);
             inst.idle_since_ms.store(now_ms(), Ordering::Relaxed);
             inst.set_state(InstanceState::Ready);
+            // A provisioned instance's billed lifetime starts now.
+            inst.clock()
+                .reserved_since_last(Instant::now(), inst.reserved());
             g.start_failures = 0;
             g.last_start_error = None;
             g.backoff_until = None;
@@ -737,6 +803,11 @@ impl FunctionRuntime {
         let (failed, launches) = {
             let mut g = self.lock();
             g.instances.retain(|i| !Arc::ptr_eq(i, inst));
+            let lived = inst.clock().reserved_since_last(now, false);
+            if let Some(d) = lived {
+                self.meter
+                    .reserved(&spec, inst.gpu.as_ref(), d.as_secs_f64());
+            }
             inst.set_state(InstanceState::Stopping);
             let mut failed = Vec::new();
             if let Gone::StartFailed(msg) = &why {
@@ -812,6 +883,16 @@ impl FunctionRuntime {
             let target = self.effective_target(&g, &spec);
             self.metrics.provisioned_target.set(target as f64);
             let mut launches = self.reconcile_provisioned(&mut g, &spec, target, now);
+            // Provisioned lifetime since the last upkeep.
+            let reserved: Vec<(Arc<Instance>, Duration)> = g
+                .instances
+                .iter()
+                .filter(|i| i.managed)
+                .filter_map(|i| {
+                    let d = i.clock().reserved_since_last(now, i.reserved())?;
+                    Some((i.clone(), d))
+                })
+                .collect();
             // Scale to zero: an on-demand instance without work for idle_timeout. Checked under
             // the lock that grants slots, so it cannot take work while being stopped.
             let idle_ms = spec.scaling.idle_timeout.as_millis() as u64;
@@ -832,8 +913,13 @@ impl FunctionRuntime {
             }
             launches.extend(self.plan_starts(&mut g, &spec, now));
             self.publish_counts(&g);
-            launches
+            (launches, reserved)
         };
+        let (launches, reserved) = launches;
+        for (inst, d) in reserved {
+            self.meter
+                .reserved(&spec, inst.gpu.as_ref(), d.as_secs_f64());
+        }
         self.launch(launches);
     }
 
@@ -871,6 +957,8 @@ impl FunctionRuntime {
                 {
                     inst.kind
                         .store(InstanceKind::Provisioned as u8, Ordering::Relaxed);
+                    // Billed for its lifetime from here on.
+                    inst.clock().reserved_since_last(now, inst.reserved());
                     need -= 1;
                 }
             }
@@ -1037,8 +1125,9 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Least-loaded ready instance with a free slot, provisioned before on-demand.
-fn pick(g: &mut Inner, limit: u32) -> Option<Arc<Instance>> {
+/// Least-loaded ready instance with a free slot, provisioned before on-demand, and the
+/// instance's share-clock mark for the new request.
+fn pick(g: &mut Inner, limit: u32) -> Option<(Arc<Instance>, f64)> {
     let n = g.instances.len();
     if n == 0 {
         return None;
@@ -1061,7 +1150,8 @@ fn pick(g: &mut Inner, limit: u32) -> Option<Arc<Instance>> {
     g.cursor = idx + 1;
     let inst = g.instances[idx].clone();
     inst.busy.fetch_add(1, Ordering::Relaxed);
-    Some(inst)
+    let mark = inst.clock().start(Instant::now());
+    Some((inst, mark))
 }
 
 struct WaiterGuard<'a> {

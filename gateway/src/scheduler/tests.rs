@@ -29,6 +29,8 @@ fn spec(
         gpu: None,
         scaling: crate::config::ScalingSpec::fixed(endpoints.len() as u32),
         async_: Default::default(),
+        cpu: crate::config::DEFAULT_CPU,
+        memory: crate::config::DEFAULT_MEMORY,
     })
 }
 
@@ -228,6 +230,8 @@ fn process_spec(
         }),
         scaling,
         async_: Default::default(),
+        cpu: crate::config::DEFAULT_CPU,
+        memory: crate::config::DEFAULT_MEMORY,
     })
 }
 
@@ -538,4 +542,33 @@ async fn target_tracking_raises_the_provisioned_target_with_demand() {
     assert_eq!(st.provisioned_target, 3, "{st:?}");
     assert_eq!(l.count(), 3);
     assert_eq!(l.get(2).1.kind(), InstanceKind::Provisioned);
+}
+
+/// Slots carry the share-clock marks: two overlapping requests on one instance are charged
+/// the instance's busy time between them, the inner one half its own time.
+#[tokio::test]
+async fn overlapping_slots_share_the_instance_time() {
+    let rt = FunctionRuntime::new(spec(&["a:1"], 2, 1, 10_000), node());
+    let t0 = Instant::now();
+    let outer = rt.acquire(0).await.unwrap().slot;
+    std::thread::sleep(Duration::from_millis(30));
+    let t_inner = Instant::now();
+    let inner = rt.acquire(0).await.unwrap().slot;
+    std::thread::sleep(Duration::from_millis(40));
+    let inner_usage = inner.finish(Some("t")).unwrap();
+    let inner_time = t_inner.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(30));
+    let outer_usage = outer.finish(None).unwrap();
+    let busy = t0.elapsed().as_secs_f64();
+    assert_eq!(inner_usage.billing, Billing::Request);
+    // The inner request was always sharing: half its slot time (taken within the marks).
+    assert!(
+        inner_usage.busy_s <= inner_time / 2.0 && inner_usage.busy_s >= 0.02,
+        "{inner_usage:?} of {inner_time}"
+    );
+    let sum = inner_usage.busy_s + outer_usage.busy_s;
+    assert!(sum <= busy && sum >= 0.1, "{sum} of {busy}");
+    assert!((inner_usage.vcpu_s - inner_usage.busy_s).abs() < 1e-12);
+    // Both slots are free again.
+    assert_eq!(rt.snapshot().in_flight, 0);
 }

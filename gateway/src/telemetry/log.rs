@@ -53,8 +53,10 @@ pub struct InvocationLog<'a> {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub error: Option<&'a str>,
-    /// Tenant key from a policy plugin's decision.
+    /// Tenant key from a policy plugin's decision, or the bearer-authenticated trigger's name.
     pub tenant: Option<&'a str>,
+    /// What the invocation held on its instance (docs/metering.md); null when it got no slot.
+    pub usage: Option<&'a crate::metering::Usage>,
 }
 
 /// One line of an instance's stdout or stderr (process backends).

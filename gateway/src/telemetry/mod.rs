@@ -60,6 +60,12 @@ pub const ASYNC_EXPIRED: &str = "fngate_async_expired_total";
 pub const ASYNC_STOPPED: &str = "fngate_async_stopped_total";
 pub const ASYNC_QUEUE_DEPTH: &str = "fngate_async_queue_depth";
 pub const ASYNC_OLDEST_AGE: &str = "fngate_async_oldest_task_age_seconds";
+pub const USAGE_INVOCATIONS: &str = "fngate_usage_invocations_total";
+pub const USAGE_BUSY_SECONDS: &str = "fngate_usage_busy_milliseconds_total";
+pub const USAGE_VCPU_SECONDS: &str = "fngate_usage_vcpu_milliseconds_total";
+pub const USAGE_MEMORY_GB_SECONDS: &str = "fngate_usage_memory_gb_milliseconds_total";
+pub const USAGE_GPU_GB_SECONDS: &str = "fngate_usage_gpu_gb_milliseconds_total";
+pub const USAGE_FLUSH_FAILURES: &str = "fngate_usage_flush_failures_total";
 pub const STORE_COMMIT_COMMANDS: &str = "fngate_async_store_commit_commands";
 pub const STORE_COMMIT_DURATION: &str = "fngate_async_store_commit_seconds";
 
@@ -433,6 +439,13 @@ pub fn rfc3339_now() -> String {
         out.push('Z');
         out
     })
+}
+
+/// RFC 3339 UTC timestamp of a Unix second (`2026-11-25T10:00:00Z`).
+pub fn rfc3339(secs: i64) -> String {
+    let mut s = rfc3339_second(secs);
+    s.push('Z');
+    s
 }
 
 /// `YYYY-MM-DDTHH:MM:SS` of a Unix second.
