@@ -21,13 +21,15 @@ use http::{HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// Wake times of delayed tasks are rounded up to this step (ms).
+const WAKE_STEP_MS: u64 = 50;
 /// How often queue depth gauges are sampled.
 const DEPTH_SAMPLE: Duration = Duration::from_secs(5);
 /// First retry after this, doubling per attempt, with up to 50% jitter, capped.
@@ -47,8 +49,9 @@ pub struct Dispatcher {
     pub store: Arc<dyn TaskStore>,
     gw: Weak<Gateway>,
     client: Client<HttpConnector, Full<Bytes>>,
-    /// (due unix ms, function) pairs to claim for.
-    wakes: Mutex<BTreeSet<(u64, String)>>,
+    /// Functions to claim for, by due time (unix ms; 0 = due now). One entry per (time,
+    /// function): a burst of accepts for one function adds one entry and one notification.
+    wakes: Mutex<BTreeMap<u64, HashSet<String>>>,
     notify: Notify,
     /// Attempts in flight: task id → (function, abort handle).
     running: Mutex<HashMap<String, (String, AbortHandle)>>,
@@ -66,7 +69,7 @@ impl Dispatcher {
             store,
             gw: Arc::downgrade(gw),
             client: crate::backend::pooled_client(),
-            wakes: Mutex::new(BTreeSet::new()),
+            wakes: Mutex::new(BTreeMap::new()),
             notify: Notify::new(),
             running: Mutex::new(HashMap::new()),
         });
@@ -77,7 +80,21 @@ impl Dispatcher {
 
     /// Asks for `function` to be claimed for at `due_ms` (unix ms; now or later).
     pub fn wake(&self, function: &str, due_ms: u64) {
-        lock(&self.wakes).insert((due_ms, function.to_string()));
+        // Due now: one shared entry at time 0. Later: rounded up to WAKE_STEP_MS, so delayed
+        // tasks accepted together share an entry (delays are whole seconds anyway).
+        let at = if due_ms <= now_ms() {
+            0
+        } else {
+            due_ms.div_ceil(WAKE_STEP_MS) * WAKE_STEP_MS
+        };
+        let mut w = lock(&self.wakes);
+        let set = w.entry(at).or_default();
+        if set.contains(function) {
+            // Already asked for; the dispatcher was notified when it was.
+            return;
+        }
+        set.insert(function.to_owned());
+        drop(w);
         self.notify.notify_one();
     }
 
@@ -149,21 +166,21 @@ impl Dispatcher {
             if now >= next_sweep || rt.generation != generation {
                 generation = rt.generation;
                 for f in &rt.config.functions {
-                    lock(&self.wakes).insert((now, f.id.clone()));
+                    lock(&self.wakes).entry(0).or_default().insert(f.id.clone());
                 }
                 next_sweep = now + sweep_every.as_millis() as u64;
             }
             let due: BTreeSet<String> = {
                 let mut w = lock(&self.wakes);
-                let later = w.split_off(&(now + 1, String::new()));
+                let later = w.split_off(&(now + 1));
                 let due = std::mem::replace(&mut *w, later);
-                due.into_iter().map(|(_, f)| f).collect()
+                due.into_values().flatten().collect()
             };
             for function in due {
                 self.claim_for(&gw, &function, now).await;
             }
             let next = lock(&self.wakes)
-                .first()
+                .first_key_value()
                 .map_or(next_sweep, |(t, _)| (*t).min(next_sweep));
             drop(rt);
             drop(gw);

@@ -50,7 +50,9 @@ pub struct SqliteOptions {
 impl Default for SqliteOptions {
     fn default() -> Self {
         SqliteOptions {
-            max_batch: 64,
+            // Closed-loop clients commit together: a cap of 64 held 256 concurrent accepts to
+            // four fsyncs in a row instead of one.
+            max_batch: 256,
             queue_capacity: 4096,
             enqueue_timeout: Duration::from_secs(2),
             busy_timeout: Duration::from_secs(5),
