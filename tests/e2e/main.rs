@@ -15,6 +15,7 @@ mod logging;
 mod operations;
 mod plugins;
 mod prometheus;
+mod reliability;
 mod routing;
 mod scheduling;
 mod traces;

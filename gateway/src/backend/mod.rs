@@ -53,6 +53,12 @@ pub struct BodyLimitExceeded {
     pub limit: u64,
 }
 
+/// Reading the client's request body failed (bad chunked framing, a reset stream): the
+/// client's fault, answered 400, never counted against the upstream.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body could not be read: {0}")]
+pub struct ClientBodyFailed(#[source] pub hyper::Error);
+
 pin_project_lite::pin_project! {
     /// The client's request body on its way upstream: counted, and cut at the function's limit.
     pub struct UpstreamBody {
@@ -107,7 +113,7 @@ impl Body for UpstreamBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(ClientBodyFailed(e))))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }

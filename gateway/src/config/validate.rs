@@ -2289,7 +2289,7 @@ fn compile_plugin(cx: &mut Ctx<'_>, pp: &str, p: &RawPlugin) -> Option<PluginSpe
     })
 }
 
-#[cfg(test)]
+/// Compiles `text` with `env` as the environment (tests and the fuzz bodies in `crate::fuzzing`).
 pub(crate) fn compile_with_env(text: &str, env: &[(&str, &str)]) -> Result<Config, Vec<Problem>> {
     let raw = parse(text).map_err(|p| vec![p])?;
     let env: HashMap<String, String> = env

@@ -256,3 +256,32 @@ async fn deadline_holds_after_the_ticker_went_idle() {
         t.elapsed()
     );
 }
+
+/// Found by the fuzz smoke run: a drop reason with a multi-byte character across the 256-byte
+/// cut panicked the host (`String::truncate` off a character boundary).
+#[test]
+fn an_event_drop_reason_is_cut_on_a_character_boundary() {
+    let why = format!("a{}", "é".repeat(200));
+    let Ok(EventDecision::Drop(cut)) = convert_event_decision(wit::EventDecision::Drop(why)) else {
+        panic!("a drop is a valid decision");
+    };
+    assert!(cut.len() <= MAX_DECISION_STRING && cut.len() >= MAX_DECISION_STRING - 1);
+    assert!(cut.ends_with('é'));
+}
+
+/// Found by the fuzz smoke run: an invalid header name of kilobytes went whole into the error
+/// text (log line and client body); it is cut to 64 characters.
+#[test]
+fn an_invalid_header_name_is_cut_in_the_error() {
+    let d = wit::Decision::Proceed(wit::Route {
+        function: None,
+        invocation: None,
+        priority: None,
+        tenant: None,
+        set_headers: vec![("bad name ".repeat(300), "v".into())],
+        remove_headers: Vec::new(),
+        path: None,
+    });
+    let err = convert_decision(d).expect_err("not a header name");
+    assert!(err.len() < 200, "{err}");
+}

@@ -1,0 +1,500 @@
+//! Reliability under faults (RELIABILITY.md): thousands of faulty backend calls leave no busy
+//! slot, HTTP/1 smuggling attempts are refused and never forwarded, HTTP/2 rapid reset stays
+//! bounded, and a client that leaves mid-upload or mid-download cancels the upstream call.
+//! Each test prints the figures RELIABILITY.md records (`--nocapture`).
+
+use crate::harness::*;
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A backend that misbehaves below HTTP: what hyper-based test backends cannot do on purpose.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// Reads the request, never answers, holds the connection until the gateway drops it.
+    Hang,
+    /// Answers with bytes that are not an HTTP response.
+    Malformed,
+    /// Sends a 200 head promising 100,000 bytes, 1,000 of them, then closes.
+    Truncated,
+}
+
+/// Starts a fault server; the counter is its open connections.
+async fn fault_server(fault: Fault) -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let open = Arc::new(AtomicUsize::new(0));
+    let o = open.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            let o = o.clone();
+            o.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let _ = s.read(&mut buf).await;
+                match fault {
+                    Fault::Hang => while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {},
+                    Fault::Malformed => {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 2OO OK\r\nno colon here\r\n\r\n")
+                            .await;
+                    }
+                    Fault::Truncated => {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n")
+                            .await;
+                        let _ = s.write_all(&[b'x'; 1000]).await;
+                        let _ = s.flush().await;
+                    }
+                }
+                o.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, open)
+}
+
+fn free_dead_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// The gateway's peak and current resident set (VmHWM, VmRSS) in KiB.
+pub(crate) fn rss_kib(gw: &Gateway) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", gw.child.id())).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+fn plaintext_server(extra: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nplaintext_listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         admin_token = {{ env = \"FNGATE_TEST_ADMIN_TOKEN\" }}\ndata_dir = \"data\"\n{extra}\n"
+    )
+}
+
+/// A gateway with a plaintext listener in front of one function on `a`.
+fn plain_gateway(a: &Backend, extra_fn: &str) -> Gateway {
+    Gateway::start(&format!(
+        "{}{}",
+        plaintext_server(""),
+        one_function(&[a.url()], extra_fn, "")
+    ))
+}
+
+/// Every function's in-flight and queued count, and every instance's busy slots, are 0.
+async fn all_slots_free(gw: &Gateway) -> bool {
+    let f = gw.admin_json("/admin/functions").await;
+    f["functions"].as_array().unwrap().iter().all(|func| {
+        func["in_flight"] == 0
+            && func["queued"] == 0
+            && func["instances"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|i| i["busy"] == 0)
+    })
+}
+
+type PlainSender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn plain_h1(addr: SocketAddr) -> PlainSender {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_faulty_backend_calls_leave_no_busy_slot() {
+    const REQUESTS: usize = 10_000;
+    const CLIENTS: usize = 50;
+    let a = Backend::start("a");
+    let (hang, hang_open) = fault_server(Fault::Hang).await;
+    let (malformed, _) = fault_server(Fault::Malformed).await;
+    let (truncated, _) = fault_server(Fault::Truncated).await;
+    let dead = free_dead_port();
+    let mut cfg = plaintext_server("");
+    let fns = [
+        ("slow", a.url(), "timeout = \"100ms\""),
+        ("hang", format!("http://{hang}"), "timeout = \"100ms\""),
+        ("reset", a.url(), ""),
+        ("malformed", format!("http://{malformed}"), ""),
+        ("truncated", format!("http://{truncated}"), ""),
+        ("refused", format!("http://{dead}"), ""),
+        ("good", a.url(), ""),
+    ];
+    cfg.push_str("[[service]]\nname = \"f\"\n");
+    for (name, ep, extra) in &fns {
+        cfg.push_str(&format!(
+            "[[service.function]]\nname = \"{name}\"\ninstance_concurrency = 64\nmax_queued = 1000\n\
+             backend = {{ kind = \"static\", endpoints = [\"{ep}\"] }}\n{extra}\n"
+        ));
+    }
+    for (name, _, _) in &fns {
+        cfg.push_str(&format!(
+            "[[trigger]]\nname = \"{name}\"\nkind = \"http\"\nfunction = \"f/{name}\"\npath = \"/{name}\"\n"
+        ));
+    }
+    let gw = Gateway::start(&cfg);
+    let plain = gw.plaintext.unwrap();
+    let paths = [
+        "/slow/?sleep_ms=400",
+        "/hang/",
+        "/reset/?reset=1",
+        "/malformed/",
+        "/truncated/",
+        "/refused/",
+    ];
+
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..CLIENTS {
+        workers.push(tokio::spawn(async move {
+            let mut tally: BTreeMap<String, usize> = BTreeMap::new();
+            let mut sender: Option<PlainSender> = None;
+            for i in (w..REQUESTS).step_by(CLIENTS) {
+                let path = paths[i % paths.len()];
+                // Keep-alive; a connection the gateway closed (after a cut body) is replaced.
+                let mut s = match sender.take() {
+                    Some(s) if !s.is_closed() => s,
+                    _ => plain_h1(plain).await,
+                };
+                if s.ready().await.is_err() {
+                    s = plain_h1(plain).await;
+                    s.ready().await.unwrap();
+                }
+                let req = Request::get(path)
+                    .header("host", "x")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                let outcome = match s.send_request(req).await {
+                    // A body cut before the head left the gateway: the client sees the
+                    // connection fail, as it would mid-body.
+                    Err(e) if path == "/truncated/" && e.is_incomplete_message() => {
+                        format!("{path} 200 body cut")
+                    }
+                    Err(e) => format!("{path} send error {e}"),
+                    Ok(resp) => {
+                        let status = resp.status();
+                        let body = resp.into_body().collect().await;
+                        match body {
+                            Ok(b) => {
+                                let code =
+                                    serde_json::from_slice::<serde_json::Value>(&b.to_bytes())
+                                        .ok()
+                                        .and_then(|v| {
+                                            v["error"]["code"].as_str().map(str::to_string)
+                                        })
+                                        .unwrap_or_default();
+                                format!("{path} {} {code}", status.as_u16())
+                            }
+                            Err(_) => format!("{path} {} body cut", status.as_u16()),
+                        }
+                    }
+                };
+                *tally.entry(outcome).or_default() += 1;
+                sender = Some(s);
+            }
+            tally
+        }));
+    }
+    let mut tally: BTreeMap<String, usize> = BTreeMap::new();
+    for w in workers {
+        for (k, v) in w.await.unwrap() {
+            *tally.entry(k).or_default() += v;
+        }
+    }
+    let took = started.elapsed();
+    let per_path = REQUESTS / paths.len();
+    let expect = [
+        ("/slow/?sleep_ms=400 504 upstream_timeout", per_path),
+        ("/hang/ 504 upstream_timeout", per_path),
+        ("/reset/?reset=1 502 upstream_failed", per_path),
+        ("/malformed/ 502 upstream_failed", per_path),
+        ("/truncated/ 200 body cut", per_path),
+        ("/refused/ 502 upstream_unreachable", per_path),
+    ];
+    for (k, n) in expect {
+        let got = tally.get(k).copied().unwrap_or(0);
+        assert!(
+            got == n || got == n + 1,
+            "{k}: {got} of ~{n}; all outcomes: {tally:#?}"
+        );
+    }
+    assert_eq!(tally.values().sum::<usize>(), REQUESTS);
+
+    let settle = Instant::now();
+    eventually("every slot free", Duration::from_secs(5), || {
+        all_slots_free(&gw)
+    })
+    .await;
+    let settled = settle.elapsed();
+    eventually(
+        "hanging upstream calls dropped",
+        Duration::from_secs(5),
+        || {
+            let n = hang_open.load(Ordering::SeqCst);
+            async move { n == 0 }
+        },
+    )
+    .await;
+    eventually(
+        "slow upstream calls cancelled",
+        Duration::from_secs(5),
+        || async { a.stats().await["in_flight"] == 0 },
+    )
+    .await;
+    assert_eq!(gw.get("/good/x").await.status, StatusCode::OK);
+    let (peak, now) = rss_kib(&gw);
+    eprintln!(
+        "FIGURES faulty-backends: {REQUESTS} requests from {CLIENTS} clients in {:.1} s; slots free {} ms after the last answer; gateway RSS peak {} MiB, now {} MiB; outcomes {tally:?}",
+        took.as_secs_f64(),
+        settled.as_millis(),
+        peak / 1024,
+        now / 1024
+    );
+}
+
+/// Sends raw bytes on a new plaintext connection; returns what came back before the gateway
+/// closed it (or 3 s passed).
+async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn smuggling_attempts_are_refused_or_closed_and_never_forwarded() {
+    let a = Backend::start("a");
+    let gw = plain_gateway(&a, "");
+    let plain = gw.plaintext.unwrap();
+    let smuggled = "GET /echo/smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let cases = [
+        (
+            "Content-Length and Transfer-Encoding",
+            format!(
+                "POST /echo/ HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "two different Content-Lengths",
+            format!(
+                "POST /echo/ HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 44\r\n\r\nabc{smuggled}"
+            ),
+        ),
+        (
+            "a Content-Length list",
+            format!(
+                "POST /echo/ HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 44\r\n\r\nabc{smuggled}"
+            ),
+        ),
+        (
+            "chunked not last",
+            format!(
+                "POST /echo/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "space before the colon",
+            format!(
+                "POST /echo/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\nContent-Length: 3\r\n\r\nabc{smuggled}"
+            ),
+        ),
+        (
+            "a signed Content-Length",
+            format!("POST /echo/ HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\nabc{smuggled}"),
+        ),
+        (
+            "a bad chunk size",
+            format!(
+                "POST /echo/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3;x\r\nabc\r\nzz\r\n{smuggled}"
+            ),
+        ),
+    ];
+    let mut answers = Vec::new();
+    for (i, (what, bytes)) in cases.iter().enumerate() {
+        let got = raw_exchange(plain, bytes.as_bytes()).await;
+        let first = got.lines().next().unwrap_or("").to_string();
+        answers.push(format!("{what}: {first}"));
+        // Exactly one answer, then the connection is closed: the bytes after the first
+        // message are never read as a request.
+        assert_eq!(got.matches("HTTP/1.1 ").count(), 1, "{what}:\n{got}");
+        if i == 0 {
+            // hyper follows RFC 9112 §6.1: Transfer-Encoding wins, Content-Length is dropped
+            // and the connection closes after the answer. The outer request (an empty chunked
+            // body) is forwarded; the smuggled one never is.
+            assert!(got.starts_with("HTTP/1.1 200"), "{what}:\n{got}");
+            assert!(got.contains("\"body_bytes\":0"), "{what}:\n{got}");
+        } else {
+            assert!(got.starts_with("HTTP/1.1 400"), "{what}:\n{got}");
+        }
+    }
+    // The first case's outer request reached the function; a bad chunk is only found while
+    // the body streams, so that request's head may have gone upstream before its call was
+    // aborted. No smuggled request reached it.
+    let reached = a.stats().await["requests"].as_u64().unwrap();
+    assert!((1..=2).contains(&reached), "{reached} {answers:#?}");
+    eventually(
+        "aborted upstream call ended",
+        Duration::from_secs(5),
+        || async { a.stats().await["in_flight"] == 0 },
+    )
+    .await;
+    let lines = gw.log_lines();
+    assert!(
+        lines.iter().all(|l| !l.to_string().contains("smuggled")),
+        "{lines:?}"
+    );
+    assert_eq!(gw.get("/echo/after").await.status, StatusCode::OK);
+    eprintln!("FIGURES smuggling: {answers:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_rapid_reset_is_bounded() {
+    const STREAMS: usize = 20_000;
+    let a = Backend::start("a");
+    let gw = plain_gateway(&a, "instance_concurrency = 64\nmax_queued = 1000");
+    let plain = gw.plaintext.unwrap();
+    let (before, _) = rss_kib(&gw);
+    let started = Instant::now();
+    let mut sent = 0;
+    let mut connections = 0;
+    let mut closed_by_server = 0;
+    while sent < STREAMS && started.elapsed() < Duration::from_secs(20) {
+        let tcp = TcpStream::connect(plain).await.unwrap();
+        let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+        let conn = tokio::spawn(conn);
+        connections += 1;
+        while sent < STREAMS {
+            client = match client.ready().await {
+                Ok(c) => c,
+                Err(_) => {
+                    closed_by_server += 1;
+                    break;
+                }
+            };
+            let req = Request::get("http://x/echo/?sleep_ms=2000")
+                .body(())
+                .unwrap();
+            // HEADERS, then RST_STREAM(CANCEL) at once: the rapid-reset pattern.
+            match client.send_request(req, false) {
+                Ok((resp, mut stream)) => {
+                    stream.send_reset(h2::Reason::CANCEL);
+                    drop(resp);
+                    sent += 1;
+                }
+                Err(_) => {
+                    closed_by_server += 1;
+                    break;
+                }
+            }
+        }
+        conn.abort();
+    }
+    let took = started.elapsed();
+    eventually(
+        "upstream calls cancelled",
+        Duration::from_secs(10),
+        || async { a.stats().await["in_flight"] == 0 },
+    )
+    .await;
+    eventually("every slot free", Duration::from_secs(10), || {
+        all_slots_free(&gw)
+    })
+    .await;
+    assert_eq!(gw.get("/echo/after").await.status, StatusCode::OK);
+    let stats = a.stats().await;
+    let (peak, now) = rss_kib(&gw);
+    assert!(
+        peak < 512 * 1024,
+        "gateway RSS peaked at {} MiB",
+        peak / 1024
+    );
+    eprintln!(
+        "FIGURES rapid-reset: {sent} streams opened and reset on {connections} h2c connections in {:.1} s; server closed {closed_by_server} of them; {} reached the backend (max {} at once); gateway RSS {} MiB before, peak {} MiB, now {} MiB",
+        took.as_secs_f64(),
+        stats["requests"],
+        stats["max_in_flight"],
+        before / 1024,
+        peak / 1024,
+        now / 1024
+    );
+}
+
+/// Drops the client's connection; returns how long until the backend's call ended, after
+/// checking that every slot is free again.
+async fn leave(gw: &Gateway, a: &Backend, client: TcpStream, what: &str) -> u128 {
+    let t = Instant::now();
+    drop(client);
+    eventually(
+        &format!("{what}: upstream call cancelled"),
+        Duration::from_secs(5),
+        || async { a.stats().await["in_flight"] == 0 },
+    )
+    .await;
+    let took = t.elapsed().as_millis();
+    eventually(
+        &format!("{what}: slot freed"),
+        Duration::from_secs(5),
+        || all_slots_free(gw),
+    )
+    .await;
+    took
+}
+
+#[tokio::test]
+async fn a_client_leaving_mid_upload_or_mid_download_cancels_the_upstream_call() {
+    let a = Backend::start("a");
+    let gw = plain_gateway(&a, "instance_concurrency = 1\nmax_body = \"64MiB\"");
+    let plain = gw.plaintext.unwrap();
+
+    // Mid-upload: 64 KiB of a declared 32 MiB, then the client is gone.
+    let mut s = TcpStream::connect(plain).await.unwrap();
+    s.write_all(b"POST /echo/?echo_body=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 33554432\r\n\r\n")
+        .await
+        .unwrap();
+    s.write_all(&[b'u'; 64 * 1024]).await.unwrap();
+    eventually(
+        "upload reached the backend",
+        Duration::from_secs(5),
+        || async { a.stats().await["in_flight"] == 1 },
+    )
+    .await;
+    let upload_ms = leave(&gw, &a, s, "upload").await;
+
+    // Mid-download: a 1,000-event stream, the client leaves after the first bytes.
+    let mut s = TcpStream::connect(plain).await.unwrap();
+    s.write_all(b"GET /echo/?sse=1000&interval_ms=10 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let download_ms = leave(&gw, &a, s, "download").await;
+    assert_eq!(gw.get("/echo/after").await.status, StatusCode::OK);
+    eprintln!(
+        "FIGURES client-leaves: upstream cancelled {upload_ms} ms after an upload was abandoned, {download_ms} ms after a download was"
+    );
+}
