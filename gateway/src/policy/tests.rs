@@ -285,3 +285,92 @@ fn an_invalid_header_name_is_cut_in_the_error() {
     let err = convert_decision(d).expect_err("not a header name");
     assert!(err.len() < 200, "{err}");
 }
+
+/// A plugin that reaches for the file system, the environment or the network gets nothing:
+/// no preopened directory, no variables, no socket grants.
+#[tokio::test]
+async fn a_plugin_cannot_read_files_env_or_network() {
+    let host = PolicyHost::new().unwrap();
+    let p = host
+        .load(&spec(
+            "snoop",
+            "hostile",
+            &[("mode", "snoop"), ("file", "/etc/hostname")],
+            OnError::FailClosed,
+        ))
+        .unwrap();
+    let Decision::Proceed(change) = p.on_request(&request(&[]), &live(0)).await.unwrap() else {
+        panic!("snoop passes");
+    };
+    let got: Vec<(String, String)> = change
+        .set_headers
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+        .collect();
+    eprintln!("FIGURES snoop: {got:?}");
+    assert_eq!(got.len(), 4, "{got:?}");
+    for (name, value) in &got {
+        assert!(value.starts_with("denied"), "{name}: {value}");
+    }
+}
+
+/// Time to contain each hostile mode, over repeated calls, and the process's memory around
+/// them; the figures go to RELIABILITY.md (`--nocapture`).
+#[tokio::test]
+async fn hostile_modes_are_contained_quickly_with_bounded_memory() {
+    const CALLS: usize = 10;
+    let host = PolicyHost::new().unwrap();
+    let rss = || {
+        let s = std::fs::read_to_string("/proc/self/status").unwrap();
+        let kib = |f: &str| -> u64 {
+            s.lines()
+                .find_map(|l| l.strip_prefix(f))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0)
+        };
+        (kib("VmRSS:"), kib("VmHWM:"))
+    };
+    let (rss_before, _) = rss();
+    let mut figures = Vec::new();
+    for (mode, timeout_ms) in [
+        ("loop", 20),
+        ("membomb", 500),
+        ("recursion", 20),
+        ("trap", 20),
+        ("oversized", 20),
+    ] {
+        let p = host
+            .load(&PluginSpec {
+                timeout: Duration::from_millis(timeout_ms),
+                ..spec(
+                    &format!("figures-{mode}"),
+                    "hostile",
+                    &[("mode", mode), ("size", "65536")],
+                    OnError::FailClosed,
+                )
+            })
+            .unwrap();
+        let mut took: Vec<Duration> = Vec::new();
+        for _ in 0..CALLS {
+            let t = Instant::now();
+            p.on_request(&request(&[]), &live(0)).await.unwrap_err();
+            took.push(t.elapsed());
+        }
+        took.sort();
+        let max = took[CALLS - 1];
+        assert!(max < Duration::from_secs(2), "{mode}: {max:?}");
+        figures.push(format!(
+            "{mode} (timeout {timeout_ms} ms): median {:.1} ms, max {:.1} ms",
+            took[CALLS / 2].as_secs_f64() * 1e3,
+            max.as_secs_f64() * 1e3
+        ));
+    }
+    let (rss_after, peak) = rss();
+    eprintln!(
+        "FIGURES hostile plugins, {CALLS} calls each: {}; test process RSS {} MiB before, {} MiB after, peak {} MiB (16 MiB cap per instance)",
+        figures.join("; "),
+        rss_before / 1024,
+        rss_after / 1024,
+        peak / 1024
+    );
+}
