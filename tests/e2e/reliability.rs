@@ -498,3 +498,149 @@ async fn a_client_leaving_mid_upload_or_mid_download_cancels_the_upstream_call()
         "FIGURES client-leaves: upstream cancelled {upload_ms} ms after an upload was abandoned, {download_ms} ms after a download was"
     );
 }
+
+/// Async invocations (ids `{tag}-{client}-{n}`) sent on `clients` plaintext connections until
+/// the gateway goes away; the ids answered 202 are collected.
+fn async_senders(
+    addr: SocketAddr,
+    tag: &'static str,
+    clients: usize,
+) -> (
+    Vec<tokio::task::JoinHandle<()>>,
+    Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let accepted = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let handles = (0..clients)
+        .map(|c| {
+            let accepted = accepted.clone();
+            tokio::spawn(async move {
+                let mut s = plain_h1(addr).await;
+                for n in 0..10_000 {
+                    let id = format!("{tag}-{c}-{n}");
+                    if s.ready().await.is_err() {
+                        return;
+                    }
+                    let req = Request::post("/echo/work?sleep_ms=2")
+                        .header("host", "x")
+                        .header("x-fngate-invocation-type", "async")
+                        .header("x-fngate-task-id", &id)
+                        .body(Full::new(Bytes::from_static(b"{}")))
+                        .unwrap();
+                    match s.send_request(req).await {
+                        Ok(r) if r.status() == StatusCode::ACCEPTED => {
+                            accepted.lock().unwrap().push(id)
+                        }
+                        Ok(r) => panic!("{id}: unexpected {}", r.status()),
+                        Err(_) => return, // the gateway died under us
+                    }
+                }
+            })
+        })
+        .collect();
+    (handles, accepted)
+}
+
+/// SIGKILL while a config reload is under way, right after a plugin file is swapped, and with
+/// 1,000 client connections open, each under a stream of async invocations: the gateway restarts
+/// and serves, and every invocation it had answered 202 runs to completion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_during_reload_plugin_swap_and_with_1000_connections_loses_nothing() {
+    let be = Backend::start("a");
+    let dir = TempDir::new("killed");
+    let plugin = dir.0.join("router.wasm");
+    let wasm = |lib: &str| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../plugins/target/wasm32-wasip2/release")
+            .join(format!("{lib}.wasm"))
+    };
+    std::fs::copy(wasm("header_router"), &plugin).unwrap();
+    let cfg = |timeout: &str| {
+        format!(
+            "{}[[plugin]]\nname = \"router\"\npath = \"router.wasm\"\n\
+             config = {{ canary_percent = \"0\", mode = \"ok\" }}\ntimeout = \"200ms\"\n{}",
+            plaintext_server(""),
+            one_function(
+                &[be.url()],
+                &format!(
+                    "instance_concurrency = 16\ntimeout = \"{timeout}\"\nasync = {{ max_concurrency = 16 }}"
+                ),
+                "plugins = [\"router\"]"
+            )
+        )
+    };
+    let mut gw = Gateway::start_in(dir, &cfg("10s"), &[]);
+    let mut figures = Vec::new();
+    for (scenario, tag) in [
+        ("reload", "reload"),
+        ("plugin swap", "swap"),
+        ("1,000 connections", "conns"),
+    ] {
+        let plain = gw.plaintext.unwrap();
+        let (clients, accepted) = async_senders(plain, tag, 8);
+        eventually("accepts under way", Duration::from_secs(30), || {
+            let n = accepted.lock().unwrap().len();
+            async move { n >= 200 }
+        })
+        .await;
+        let mut held = Vec::new();
+        match scenario {
+            "reload" => {
+                std::fs::write(&gw.config_path, cfg("9s")).unwrap();
+                // Connected first, so the kill lands while the reload request is being served.
+                let mut c = gw.tls().connect(gw.admin, false).await;
+                tokio::spawn(async move {
+                    let auth = format!("Bearer {ADMIN_TOKEN}");
+                    let _ = c
+                        .try_send(
+                            http::Method::POST,
+                            "/admin/reload",
+                            &[("authorization", &auth)],
+                            Bytes::new(),
+                        )
+                        .await;
+                });
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            "plugin swap" => {
+                let tmp = plugin.with_extension("tmp");
+                std::fs::copy(wasm("hostile"), &tmp).unwrap();
+                std::fs::rename(&tmp, &plugin).unwrap();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            _ => {
+                for _ in 0..1000 {
+                    held.push(TcpStream::connect(plain).await.unwrap());
+                }
+            }
+        }
+        gw.kill();
+        for c in clients {
+            let _ = c.await;
+        }
+        drop(held);
+        let accepted = accepted.lock().unwrap().clone();
+        let t = Instant::now();
+        gw.restart();
+        let restart_ms = t.elapsed().as_millis();
+        assert_eq!(gw.get("/echo/after").await.status, StatusCode::OK);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for id in &accepted {
+            loop {
+                let t = crate::async_tasks::task(&gw, id).await;
+                if t["task"]["state"] == "Succeeded" {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{scenario}: task {id} not done: {t:#}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        figures.push(format!(
+            "{scenario}: {} accepted before the kill, all succeeded; ready again in {restart_ms} ms",
+            accepted.len()
+        ));
+    }
+    eprintln!("FIGURES SIGKILL: {}", figures.join("; "));
+}
