@@ -96,13 +96,21 @@ pub fn event_notification(data: &[u8]) {
     }
 }
 
-/// Environment the config body compiles against: the secrets the sample configs name.
-const CONFIG_ENV: &[(&str, &str)] = &[
-    ("FNGATE_ADMIN_TOKEN", "admin-token"),
-    ("FNGATE_EVENT_TOKEN", "event-token"),
-    ("ECHO_TOKEN", "echo-token"),
-    ("FNGATE_EVENT_HMAC", "hmac-secret"),
+/// Environment the config bodies compile against: the secrets the sample configs name.
+pub(crate) const CONFIG_ENV: &[(&str, &str)] = &[
+    ("FNGATE_ADMIN_TOKEN", "admin-token-0123456789"),
+    ("FNGATE_EVENT_TOKEN", "event-token-0123456789"),
+    ("FNGATE_DEMO_EVENT_TOKEN", "demo-event-token-0123456789"),
+    ("FNGATE_EVENT_KEY", "event-hmac-key-0123456789"),
+    ("ECHO_TOKEN", "echo-token-0123456789"),
 ];
+
+/// Relative paths in configs resolve against the repository's `config/`, as for the sample
+/// configs there (the process backend's `cwd` must exist).
+fn compile(text: &str) -> Result<Config, Vec<crate::config::Problem>> {
+    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+    crate::config::compile_with_env_in(text, CONFIG_ENV, &base)
+}
 
 /// Config text through parse + validate + compile (what `fngate check`, start and reload run),
 /// then the trigger router built from the result.
@@ -110,7 +118,7 @@ pub fn config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let first = crate::config::compile_with_env(text, CONFIG_ENV);
+    let first = compile(text);
     match first {
         Err(problems) => {
             assert!(!problems.is_empty(), "rejected without a problem");
@@ -118,8 +126,7 @@ pub fn config(data: &[u8]) {
             for t in &texts {
                 assert!(!t.trim().is_empty(), "empty problem text");
             }
-            let again = crate::config::compile_with_env(text, CONFIG_ENV)
-                .expect_err("validation is deterministic");
+            let again = compile(text).expect_err("validation is deterministic");
             let again: Vec<String> = again.iter().map(|p| p.to_string()).collect();
             assert_eq!(texts, again, "validation is deterministic");
         }
@@ -146,6 +153,27 @@ pub fn http_trigger(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    let (toml, requests) = trigger_lines(text);
+    let Ok(config) = compile(&toml) else {
+        return;
+    };
+    let router = Router::new(&config);
+    for (host, method, path) in requests {
+        let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+            continue;
+        };
+        // The path as hyper hands it over: origin form, absolute form or `*`.
+        let Ok(uri) = path.parse::<http::Uri>() else {
+            continue;
+        };
+        let host = (!host.is_empty()).then_some(host);
+        check_route(&config, &router, host, &method, uri.path());
+    }
+}
+
+/// The `http_trigger` input as config text (three functions, the `T` lines as triggers) and
+/// the `R` lines as (host, method, path).
+fn trigger_lines(text: &str) -> (String, Vec<(&str, &str, &str)>) {
     let mut toml = String::from(
         "[server]\nlisten = \"127.0.0.1:8443\"\n\
          [[service]]\nname = \"a\"\n\
@@ -185,21 +213,7 @@ pub fn http_trigger(data: &[u8]) {
             _ => {}
         }
     }
-    let Ok(config) = crate::config::compile_with_env(&toml, CONFIG_ENV) else {
-        return;
-    };
-    let router = Router::new(&config);
-    for (host, method, path) in requests {
-        let Ok(method) = Method::from_bytes(method.as_bytes()) else {
-            continue;
-        };
-        // The path as hyper hands it over: origin form, absolute form or `*`.
-        let Ok(uri) = path.parse::<http::Uri>() else {
-            continue;
-        };
-        let host = (!host.is_empty()).then_some(host);
-        check_route(&config, &router, host, &method, uri.path());
-    }
+    (toml, requests)
 }
 
 fn toml_str(s: &str) -> String {

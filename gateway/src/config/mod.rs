@@ -612,4 +612,6 @@ pub fn from_str(text: &str, file: &Path, base: &Path) -> Result<Config, ConfigEr
     })
 }
 
+#[cfg(test)]
 pub(crate) use validate::compile_with_env;
+pub(crate) use validate::compile_with_env_in;

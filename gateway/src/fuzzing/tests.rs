@@ -173,6 +173,42 @@ fn smoke(target: &str) {
     }
 }
 
+/// The seeds are inputs the parsers accept, so the mutations start from the paths that matter
+/// (a trigger seed that failed validation would never reach the router).
+#[test]
+fn seeds_are_accepted_inputs() {
+    for seed in seeds("http_trigger") {
+        let (toml, requests) = trigger_lines(std::str::from_utf8(&seed).unwrap());
+        assert!(!requests.is_empty());
+        if let Err(p) = compile(&toml) {
+            panic!("{toml}\n{p:?}");
+        }
+    }
+    for name in ["demo.toml", "reference.toml"] {
+        let text = std::fs::read_to_string(repo_root().join("config").join(name)).unwrap();
+        if let Err(p) = compile(&text) {
+            panic!("{name}: {p:?}");
+        }
+    }
+    for name in ["good.toml", "process.toml"] {
+        let text =
+            std::fs::read_to_string(repo_root().join("fuzz/seeds/config").join(name)).unwrap();
+        if let Err(p) = compile(&text) {
+            panic!("{name}: {p:?}");
+        }
+    }
+    for seed in seeds("event_notification") {
+        if seed.starts_with(b"#") {
+            continue; // the README
+        }
+        assert!(
+            parse("src", &seed, MAX_EVENT_MAX_RECORDS).is_ok(),
+            "{}",
+            String::from_utf8_lossy(&seed)
+        );
+    }
+}
+
 #[test]
 fn smoke_event_notification() {
     smoke("event_notification");
