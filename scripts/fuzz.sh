@@ -25,10 +25,12 @@ for t in "${targets[@]}"; do
         config) seeds=(../config seeds/config) ;;
         *) seeds=("seeds/$t") ;;
     esac
+    dict=()
+    [ -f "dict/$t.dict" ] && dict=(-dict="dict/$t.dict")
     mkdir -p "corpus/$t"
     echo "== $t: ${secs}s"
     nice -n 19 cargo +nightly fuzz run -s none --target-dir "$target_dir" "$t" "corpus/$t" "${seeds[@]}" -- \
-        -max_total_time="$secs" -max_len=32768 -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
+        -max_total_time="$secs" -max_len=32768 -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 "${dict[@]}" \
         >"logs/$t.log" 2>&1 || { echo "$t: finding, see fuzz/logs/$t.log and fuzz/artifacts/$t"; tail -40 "logs/$t.log"; exit 1; }
     grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|Done )' "logs/$t.log" || true
     echo "corpus: $(find "corpus/$t" -type f | wc -l) inputs"
