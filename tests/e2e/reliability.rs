@@ -735,3 +735,65 @@ async fn overload_at_twice_capacity_sheds_with_429_quickly() {
     assert!(peak < 256 * 1024, "{figures}");
     assert_eq!(gw.get("/echo/after").await.status, StatusCode::OK);
 }
+
+/// 500 slowloris connections at once, each trickling an unfinished request head: every one is
+/// closed at `header_read_timeout`, a normal request is served meanwhile, memory stays flat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_slowloris_connections_are_cut_at_the_header_timeout() {
+    const CONNS: usize = 500;
+    let a = Backend::start("a");
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        plaintext_server("[server.limits]\nheader_read_timeout = \"1s\""),
+        one_function(&[a.url()], "", "")
+    ));
+    let plain = gw.plaintext.unwrap();
+    let started = Instant::now();
+    let mut slow = Vec::new();
+    for i in 0..CONNS {
+        slow.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(plain).await.unwrap();
+            let _ = s
+                .write_all(format!("GET /echo/{i} HTTP/1.1\r\nHost: x\r\nX-Slow: ").as_bytes())
+                .await;
+            // A byte every 200 ms until the gateway hangs up; how long that took.
+            let t = Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if s.write_all(b"a").await.is_err() {
+                    return t.elapsed();
+                }
+                let mut buf = [0u8; 512];
+                if let Ok(Ok(0)) =
+                    tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await
+                {
+                    return t.elapsed();
+                }
+                if t.elapsed() > Duration::from_secs(10) {
+                    return t.elapsed();
+                }
+            }
+        }));
+    }
+    // Served while the slow heads pile up.
+    let t = Instant::now();
+    assert_eq!(gw.get("/echo/meanwhile").await.status, StatusCode::OK);
+    let meanwhile_ms = t.elapsed().as_millis();
+    let mut cut = Vec::new();
+    for s in slow {
+        cut.push(s.await.unwrap());
+    }
+    cut.sort();
+    let max = *cut.last().unwrap();
+    let (peak, now) = rss_kib(&gw);
+    eprintln!(
+        "FIGURES slowloris: {CONNS} connections cut after {:.1}–{:.1} s (header_read_timeout 1 s), all done {:.1} s after the first connect; a normal request meanwhile took {meanwhile_ms} ms; gateway RSS peak {} MiB, now {} MiB",
+        cut[0].as_secs_f64(),
+        max.as_secs_f64(),
+        started.elapsed().as_secs_f64(),
+        peak / 1024,
+        now / 1024
+    );
+    assert!(max < Duration::from_secs(5), "slowest cut after {max:?}");
+    assert!(peak < 256 * 1024);
+}
