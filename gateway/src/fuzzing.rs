@@ -347,6 +347,13 @@ pub fn plugin_decision(data: &[u8]) {
                     }
                 }
                 assert!(change.set_headers.len() <= 64 && change.remove_headers.len() <= 64);
+                assert!(
+                    !change
+                        .set_headers
+                        .iter()
+                        .any(|(n, _)| crate::backend::is_hop_by_hop_or_framing(n)),
+                    "a framing header got through"
+                );
                 let mut req = http::Request::new(());
                 for n in &change.remove_headers {
                     req.headers_mut().remove(n);
@@ -364,6 +371,11 @@ pub fn plugin_decision(data: &[u8]) {
             }) => {
                 assert!((400..=599).contains(&status.as_u16()));
                 assert!(body.len() <= 64 * 1024 && headers.len() <= 64);
+                assert!(
+                    !headers
+                        .iter()
+                        .any(|(n, _)| crate::backend::is_hop_by_hop_or_framing(n))
+                );
                 let mut resp = http::Response::new(body);
                 *resp.status_mut() = status;
                 for (n, v) in headers {

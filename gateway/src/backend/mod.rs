@@ -152,6 +152,12 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
+/// Whether `n` describes a connection or the message's framing: set only by the proxy itself
+/// (a policy plugin may not set one: it would desynchronise the upstream's framing).
+pub fn is_hop_by_hop_or_framing(n: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(n) || n == header::TRANSFER_ENCODING || n == header::CONTENT_LENGTH
+}
+
 /// Removes hop-by-hop headers, including any the `Connection` header names.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     if h.contains_key(header::CONNECTION) {

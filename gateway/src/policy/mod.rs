@@ -686,6 +686,11 @@ fn convert_headers(
         .map(|(n, v)| {
             let name = http::HeaderName::from_bytes(n.as_bytes())
                 .map_err(|_| format!("`{}` is not a header name", truncate(&n)))?;
+            if crate::backend::is_hop_by_hop_or_framing(&name) {
+                return Err(format!(
+                    "`{name}` is a hop-by-hop or framing header, which only fngate sets"
+                ));
+            }
             let value = http::HeaderValue::from_str(&v).map_err(|_| {
                 format!(
                     "the value of `{}` is not a valid header value",

@@ -374,3 +374,34 @@ async fn hostile_modes_are_contained_quickly_with_bounded_memory() {
         peak / 1024
     );
 }
+
+/// A plugin cannot set framing or hop-by-hop headers on the request to the function or on its
+/// rejection: `content-length: 0` on a request with a body would desynchronise the upstream.
+#[test]
+fn framing_and_hop_by_hop_headers_are_refused_in_decisions() {
+    for name in [
+        "content-length",
+        "Transfer-Encoding",
+        "connection",
+        "upgrade",
+        "te",
+    ] {
+        let proceed = wit::Decision::Proceed(wit::Route {
+            function: None,
+            invocation: None,
+            priority: None,
+            tenant: None,
+            set_headers: vec![(name.into(), "0".into())],
+            remove_headers: Vec::new(),
+            path: None,
+        });
+        let err = convert_decision(proceed).expect_err(name);
+        assert!(err.contains("framing"), "{err}");
+        let reject = wit::Decision::Reject(wit::Rejection {
+            status: 403,
+            headers: vec![(name.into(), "0".into())],
+            body: "no".into(),
+        });
+        assert!(convert_decision(reject).is_err(), "{name}");
+    }
+}
