@@ -13,6 +13,8 @@ pub mod body;
 pub mod config;
 pub mod error;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod instances;
 pub mod invoker;
 pub mod listener;

@@ -16,6 +16,7 @@ mod metering;
 mod operations;
 mod plugins;
 mod prometheus;
+mod reliability;
 mod routing;
 mod scheduling;
 mod traces;

@@ -3,6 +3,7 @@
 //! its parent links and attributes from that output, and checks the backend got `traceparent`.
 
 use crate::harness::*;
+use bytes::Bytes;
 use http::Method;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -206,4 +207,202 @@ async fn invocation_spans_reach_a_real_collector_with_the_callers_trace() {
     for want in ["trigger match", "upstream call"] {
         assert!(children.contains(&want), "{want} in {children:?}");
     }
+}
+
+/// Credentials never reach a log line, a span or the gateway's own output: trigger bearer
+/// tokens (right and wrong), webhook HMAC signatures (good and forged) and bearer tokens, a
+/// wrong admin token, and the Authorization, Cookie, signature headers and query token a
+/// client sends to an anonymous trigger; with every request traced and logs at debug level.
+#[tokio::test]
+async fn credentials_never_reach_logs_or_traces() {
+    let rotel = tokio::task::spawn_blocking(Rotel::start).await.unwrap();
+    let be = Backend::start("a");
+    let (token, key, event_token) = (
+        "tok-SECRET-1-0123456789",
+        "hmac-SECRET-2-0123456789",
+        "evt-SECRET-3-0123456789",
+    );
+    let cfg = format!(
+        r#"
+[telemetry]
+log = {{ stdout = true, file = "fngate.log" }}
+otlp = {{ endpoint = "http://127.0.0.1:{}" }}
+traces = {{ sample_ratio = 1.0 }}
+
+[[service]]
+name = "demo"
+[[service.function]]
+name = "echo"
+backend = {{ kind = "static", endpoints = ["{}"] }}
+
+[[trigger]]
+name = "private"
+kind = "http"
+function = "demo/echo"
+path = "/private"
+auth = {{ bearer = {{ env = "PRIVATE_TOKEN" }} }}
+
+[[trigger]]
+name = "open"
+kind = "http"
+function = "demo/echo"
+path = "/open"
+
+[[event_source]]
+name = "signed"
+kind = "webhook"
+auth = {{ hmac = {{ env = "EVENT_KEY" }}, window = "1m" }}
+
+[[event_source]]
+name = "tokened"
+kind = "webhook"
+auth = {{ bearer = {{ env = "EVENT_TOKEN" }} }}
+
+[[trigger]]
+name = "signed-all"
+kind = "oss"
+function = "demo/echo"
+source = "signed"
+"#,
+        rotel.http,
+        be.url()
+    );
+    let gw = Gateway::start_in(
+        TempDir::new("redact"),
+        &cfg,
+        &[
+            ("PRIVATE_TOKEN", token),
+            ("EVENT_KEY", key),
+            ("EVENT_TOKEN", event_token),
+            ("FNGATE_LOG", "debug"),
+        ],
+    );
+    let mut secrets: Vec<String> = vec![token.into(), key.into(), event_token.into()];
+    let bearer = |t: &str| format!("Bearer {t}");
+
+    let r = gw
+        .request(
+            Method::GET,
+            "/private/x",
+            &[("authorization", &bearer(token))],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let wrong = "wrong-SECRET-4";
+    secrets.push(wrong.into());
+    let r = gw
+        .request(
+            Method::GET,
+            "/private/x",
+            &[("authorization", &bearer(wrong))],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    let (fwd, cookie, sig, query) = (
+        "fwd-SECRET-5",
+        "session=SECRET-6",
+        "sha256=SECRET-7",
+        "SECRET-8",
+    );
+    secrets.extend([fwd, cookie, sig, query].map(String::from));
+    let r = gw
+        .request(
+            Method::POST,
+            &format!("/open/x?token={query}"),
+            &[
+                ("authorization", &bearer(fwd)),
+                ("cookie", cookie),
+                ("x-fngate-signature", sig),
+                ("x-hub-signature-256", sig),
+            ],
+            Bytes::from_static(b"{}"),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let body = r#"{"Records":[{"eventSource":"ceph:s3","eventName":"ObjectCreated:Put","s3":{"bucket":{"name":"b"},"object":{"key":"k.txt","size":1}}}]}"#;
+    let good = fngate::events::sign_hmac(key.as_bytes(), &now, body.as_bytes());
+    let forged = fngate::events::sign_hmac(b"not-the-key", &now, body.as_bytes());
+    secrets.extend([good.clone(), forged.clone()]);
+    for (sig, want) in [(&good, 200), (&forged, 401)] {
+        let r = gw
+            .request(
+                Method::POST,
+                "/events/signed",
+                &[("x-fngate-timestamp", &now), ("x-fngate-signature", sig)],
+                Bytes::from(body),
+            )
+            .await;
+        assert_eq!(r.status, want, "{}", r.text());
+    }
+    let wrong_event = "evt-wrong-SECRET-9";
+    secrets.push(wrong_event.into());
+    let r = gw
+        .request(
+            Method::POST,
+            "/events/tokened",
+            &[("authorization", &bearer(wrong_event))],
+            Bytes::from(body),
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    let admin_wrong = "adm-SECRET-10";
+    secrets.push(admin_wrong.into());
+    let r = plain_admin(&gw, &bearer(admin_wrong)).await;
+    assert_eq!(r, 401);
+
+    // Every HTTP invocation's span has arrived before the outputs are read.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rotel
+        .spans()
+        .iter()
+        .filter(|s| s.name == "invocation")
+        .count()
+        < 3
+    {
+        assert!(Instant::now() < deadline, "spans not received");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let outputs = [
+        (
+            "stdout",
+            std::fs::read_to_string(gw.dir.0.join("stdout.log")).unwrap(),
+        ),
+        ("stderr", gw.stderr()),
+        (
+            "log file",
+            std::fs::read_to_string(gw.dir.0.join("fngate.log")).unwrap(),
+        ),
+        ("spans", std::fs::read_to_string(&rotel.out).unwrap()),
+    ];
+    for (what, text) in &outputs {
+        assert!(!text.is_empty(), "{what} is empty");
+        for s in &secrets {
+            assert!(!text.contains(s.as_str()), "{what} holds `{s}`:\n{text}");
+        }
+        assert!(!text.contains("SECRET"), "{what} holds a secret:\n{text}");
+    }
+    // The lines are there: the requests were logged, only without their credentials.
+    assert!(outputs[0].1.contains("/private/x") && outputs[3].1.contains("/open/x"));
+}
+
+/// `GET /admin/functions` with the given Authorization; the status.
+async fn plain_admin(gw: &Gateway, authorization: &str) -> u16 {
+    let mut c = gw.tls().connect(gw.admin, false).await;
+    c.send(
+        Method::GET,
+        "/admin/functions",
+        &[("authorization", authorization)],
+        Bytes::new(),
+    )
+    .await
+    .status
+    .as_u16()
 }

@@ -53,6 +53,12 @@ pub struct BodyLimitExceeded {
     pub limit: u64,
 }
 
+/// Reading the client's request body failed (bad chunked framing, a reset stream): the
+/// client's fault, answered 400, never counted against the upstream.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body could not be read: {0}")]
+pub struct ClientBodyFailed(#[source] pub hyper::Error);
+
 pin_project_lite::pin_project! {
     /// The client's request body on its way upstream: counted, and cut at the function's limit.
     pub struct UpstreamBody {
@@ -107,7 +113,7 @@ impl Body for UpstreamBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(ClientBodyFailed(e))))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
@@ -145,6 +151,12 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRAILER,
     header::UPGRADE,
 ];
+
+/// Whether `n` describes a connection or the message's framing: set only by the proxy itself
+/// (a policy plugin may not set one: it would desynchronise the upstream's framing).
+pub fn is_hop_by_hop_or_framing(n: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(n) || n == header::TRANSFER_ENCODING || n == header::CONTENT_LENGTH
+}
 
 /// Removes hop-by-hop headers, including any the `Connection` header names.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {

@@ -624,3 +624,4 @@ pub fn from_str(text: &str, file: &Path, base: &Path) -> Result<Config, ConfigEr
 
 #[cfg(test)]
 pub(crate) use validate::compile_with_env;
+pub(crate) use validate::compile_with_env_in;

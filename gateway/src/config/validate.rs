@@ -2295,16 +2295,25 @@ fn compile_plugin(cx: &mut Ctx<'_>, pp: &str, p: &RawPlugin) -> Option<PluginSpe
     })
 }
 
+/// Compiles `text` with `env` as the environment, relative paths against `/cfg` (tests).
 #[cfg(test)]
 pub(crate) fn compile_with_env(text: &str, env: &[(&str, &str)]) -> Result<Config, Vec<Problem>> {
+    compile_with_env_in(text, env, Path::new("/cfg"))
+}
+
+/// Compiles `text` with `env` as the environment, relative paths against `base` (tests and the
+/// fuzz bodies in `crate::fuzzing`).
+pub(crate) fn compile_with_env_in(
+    text: &str,
+    env: &[(&str, &str)],
+    base: &Path,
+) -> Result<Config, Vec<Problem>> {
     let raw = parse(text).map_err(|p| vec![p])?;
     let env: HashMap<String, String> = env
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    compile(raw, Path::new("test.toml"), Path::new("/cfg"), &|k| {
-        env.get(k).cloned()
-    })
+    compile(raw, Path::new("test.toml"), base, &|k| env.get(k).cloned())
 }
 
 #[cfg(test)]

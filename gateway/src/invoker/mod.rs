@@ -13,8 +13,8 @@
 pub mod dispatch;
 
 use crate::backend::{
-    self, BodyLimitExceeded, UpstreamBody, X_COLD_START, X_INSTANCE_ID, X_INSTANCE_KIND,
-    X_REQUEST_ID,
+    self, BodyLimitExceeded, ClientBodyFailed, UpstreamBody, X_COLD_START, X_INSTANCE_ID,
+    X_INSTANCE_KIND, X_REQUEST_ID,
 };
 use crate::body::{BoxError, ResponseBody};
 use crate::error::GatewayError;
@@ -448,6 +448,9 @@ async fn invoke(
                     function: spec.id.clone(),
                     limit: spec.max_body,
                 });
+            }
+            if let Some(c) = find_source::<ClientBodyFailed>(&e) {
+                return Err(GatewayError::BadRequest(c.to_string()));
             }
             if e.is_connect() {
                 function.metrics.upstream_failed(UpstreamFailure::Connect);

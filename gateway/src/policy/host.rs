@@ -220,13 +220,7 @@ impl host::Host for PluginState {
             return;
         }
         let mut msg = message;
-        if msg.len() > MAX_LOG_MESSAGE {
-            let mut cut = MAX_LOG_MESSAGE;
-            while !msg.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            msg.truncate(cut);
-        }
+        super::cut_at_char(&mut msg, MAX_LOG_MESSAGE);
         let plugin = self.shared.name.as_str();
         match level {
             host::Level::Trace => tracing::trace!(plugin, "{msg}"),

@@ -39,7 +39,8 @@ mod bindings {
     });
 }
 
-use bindings::fngate::policy::types as wit;
+/// The guest ABI's types; `pub(crate)` for the fuzz bodies in `crate::fuzzing`.
+pub(crate) use bindings::fngate::policy::types as wit;
 use bindings::{Policy, PolicyPre};
 
 /// Epoch ticks are 1 ms; a deadline is rounded up to whole ticks.
@@ -518,7 +519,7 @@ impl Plugin {
             FailureKind::Memory => format!("exceeded its memory cap of {} bytes", self.spec.memory),
             _ => {
                 let mut s = format!("{e:#}");
-                s.truncate(512);
+                cut_at_char(&mut s, 512);
                 s
             }
         };
@@ -599,22 +600,7 @@ impl Plugin {
         let result = match out {
             Ok(d) => {
                 self.give_back(inst);
-                match d {
-                    wit::EventDecision::Dispatch(r) => {
-                        check_opt_len("function", &r.function, MAX_DECISION_STRING)
-                            .and_then(|_| check_opt_len("tenant", &r.tenant, MAX_DECISION_STRING))
-                            .map(|_| EventDecision::Dispatch {
-                                function: r.function,
-                                priority: r.priority,
-                                tenant: r.tenant,
-                            })
-                            .map_err(|m| self.fail(FailureKind::InvalidDecision, m))
-                    }
-                    wit::EventDecision::Drop(mut why) => {
-                        why.truncate(MAX_DECISION_STRING);
-                        Ok(EventDecision::Drop(why))
-                    }
-                }
+                convert_event_decision(d).map_err(|m| self.fail(FailureKind::InvalidDecision, m))
             }
             Err(e) => Err(self.failure(&inst.store, e, FailureKind::Trap)),
         };
@@ -699,15 +685,24 @@ fn convert_headers(
     hs.into_iter()
         .map(|(n, v)| {
             let name = http::HeaderName::from_bytes(n.as_bytes())
-                .map_err(|_| format!("`{n}` is not a header name"))?;
-            let value = http::HeaderValue::from_str(&v)
-                .map_err(|_| format!("the value of `{n}` is not a valid header value"))?;
+                .map_err(|_| format!("`{}` is not a header name", truncate(&n)))?;
+            if crate::backend::is_hop_by_hop_or_framing(&name) {
+                return Err(format!(
+                    "`{name}` is a hop-by-hop or framing header, which only fngate sets"
+                ));
+            }
+            let value = http::HeaderValue::from_str(&v).map_err(|_| {
+                format!(
+                    "the value of `{}` is not a valid header value",
+                    truncate(&n)
+                )
+            })?;
             Ok((name, value))
         })
         .collect()
 }
 
-fn convert_decision(d: wit::Decision) -> Result<Decision, String> {
+pub(crate) fn convert_decision(d: wit::Decision) -> Result<Decision, String> {
     match d {
         wit::Decision::Proceed(r) => {
             check_opt_len("function", &r.function, MAX_DECISION_STRING)?;
@@ -767,6 +762,36 @@ fn convert_decision(d: wit::Decision) -> Result<Decision, String> {
                 body: rej.body,
             })
         }
+    }
+}
+
+pub(crate) fn convert_event_decision(d: wit::EventDecision) -> Result<EventDecision, String> {
+    match d {
+        wit::EventDecision::Dispatch(r) => {
+            check_opt_len("function", &r.function, MAX_DECISION_STRING)?;
+            check_opt_len("tenant", &r.tenant, MAX_DECISION_STRING)?;
+            Ok(EventDecision::Dispatch {
+                function: r.function,
+                priority: r.priority,
+                tenant: r.tenant,
+            })
+        }
+        wit::EventDecision::Drop(mut why) => {
+            cut_at_char(&mut why, MAX_DECISION_STRING);
+            Ok(EventDecision::Drop(why))
+        }
+    }
+}
+
+/// Shortens `s` to at most `max` bytes without splitting a character (guest strings are UTF-8
+/// of any shape: `String::truncate` in the middle of a character panics).
+pub(crate) fn cut_at_char(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
     }
 }
 

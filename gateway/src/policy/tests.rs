@@ -256,3 +256,152 @@ async fn deadline_holds_after_the_ticker_went_idle() {
         t.elapsed()
     );
 }
+
+/// Found by the fuzz smoke run: a drop reason with a multi-byte character across the 256-byte
+/// cut panicked the host (`String::truncate` off a character boundary).
+#[test]
+fn an_event_drop_reason_is_cut_on_a_character_boundary() {
+    let why = format!("a{}", "é".repeat(200));
+    let Ok(EventDecision::Drop(cut)) = convert_event_decision(wit::EventDecision::Drop(why)) else {
+        panic!("a drop is a valid decision");
+    };
+    assert!(cut.len() <= MAX_DECISION_STRING && cut.len() >= MAX_DECISION_STRING - 1);
+    assert!(cut.ends_with('é'));
+}
+
+/// Found by the fuzz smoke run: an invalid header name of kilobytes went whole into the error
+/// text (log line and client body); it is cut to 64 characters.
+#[test]
+fn an_invalid_header_name_is_cut_in_the_error() {
+    let d = wit::Decision::Proceed(wit::Route {
+        function: None,
+        invocation: None,
+        priority: None,
+        tenant: None,
+        set_headers: vec![("bad name ".repeat(300), "v".into())],
+        remove_headers: Vec::new(),
+        path: None,
+    });
+    let err = convert_decision(d).expect_err("not a header name");
+    assert!(err.len() < 200, "{err}");
+}
+
+/// A plugin that reaches for the file system, the environment or the network gets nothing:
+/// no preopened directory, no variables, no socket grants.
+#[tokio::test]
+async fn a_plugin_cannot_read_files_env_or_network() {
+    let host = PolicyHost::new().unwrap();
+    let p = host
+        .load(&spec(
+            "snoop",
+            "hostile",
+            &[("mode", "snoop"), ("file", "/etc/hostname")],
+            OnError::FailClosed,
+        ))
+        .unwrap();
+    let Decision::Proceed(change) = p.on_request(&request(&[]), &live(0)).await.unwrap() else {
+        panic!("snoop passes");
+    };
+    let got: Vec<(String, String)> = change
+        .set_headers
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+        .collect();
+    eprintln!("FIGURES snoop: {got:?}");
+    assert_eq!(got.len(), 4, "{got:?}");
+    for (name, value) in &got {
+        assert!(value.starts_with("denied"), "{name}: {value}");
+    }
+}
+
+/// Time to contain each hostile mode, over repeated calls, and the process's memory around
+/// them; the figures go to RELIABILITY.md (`--nocapture`).
+#[tokio::test]
+async fn hostile_modes_are_contained_quickly_with_bounded_memory() {
+    const CALLS: usize = 10;
+    let host = PolicyHost::new().unwrap();
+    let rss = || {
+        let s = std::fs::read_to_string("/proc/self/status").unwrap();
+        let kib = |f: &str| -> u64 {
+            s.lines()
+                .find_map(|l| l.strip_prefix(f))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0)
+        };
+        (kib("VmRSS:"), kib("VmHWM:"))
+    };
+    let (rss_before, _) = rss();
+    let mut figures = Vec::new();
+    for (mode, timeout_ms) in [
+        ("loop", 20),
+        ("membomb", 500),
+        ("recursion", 20),
+        ("trap", 20),
+        ("oversized", 20),
+    ] {
+        let p = host
+            .load(&PluginSpec {
+                timeout: Duration::from_millis(timeout_ms),
+                ..spec(
+                    &format!("figures-{mode}"),
+                    "hostile",
+                    &[("mode", mode), ("size", "65536")],
+                    OnError::FailClosed,
+                )
+            })
+            .unwrap();
+        let mut took: Vec<Duration> = Vec::new();
+        for _ in 0..CALLS {
+            let t = Instant::now();
+            p.on_request(&request(&[]), &live(0)).await.unwrap_err();
+            took.push(t.elapsed());
+        }
+        took.sort();
+        let max = took[CALLS - 1];
+        assert!(max < Duration::from_secs(2), "{mode}: {max:?}");
+        figures.push(format!(
+            "{mode} (timeout {timeout_ms} ms): median {:.1} ms, max {:.1} ms",
+            took[CALLS / 2].as_secs_f64() * 1e3,
+            max.as_secs_f64() * 1e3
+        ));
+    }
+    let (rss_after, peak) = rss();
+    eprintln!(
+        "FIGURES hostile plugins, {CALLS} calls each: {}; test process RSS {} MiB before, {} MiB after, peak {} MiB (16 MiB cap per instance)",
+        figures.join("; "),
+        rss_before / 1024,
+        rss_after / 1024,
+        peak / 1024
+    );
+}
+
+/// A plugin cannot set framing or hop-by-hop headers on the request to the function or on its
+/// rejection: `content-length: 0` on a request with a body would desynchronise the upstream.
+#[test]
+fn framing_and_hop_by_hop_headers_are_refused_in_decisions() {
+    for name in [
+        "content-length",
+        "Transfer-Encoding",
+        "connection",
+        "upgrade",
+        "te",
+    ] {
+        let proceed = wit::Decision::Proceed(wit::Route {
+            function: None,
+            invocation: None,
+            priority: None,
+            tenant: None,
+            set_headers: vec![(name.into(), "0".into())],
+            remove_headers: Vec::new(),
+            path: None,
+        });
+        let err = convert_decision(proceed).expect_err(name);
+        assert!(err.contains("framing"), "{err}");
+        let reject = wit::Decision::Reject(wit::Rejection {
+            status: 403,
+            headers: vec![(name.into(), "0".into())],
+            body: "no".into(),
+        });
+        assert!(convert_decision(reject).is_err(), "{name}");
+    }
+}

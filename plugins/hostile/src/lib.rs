@@ -14,6 +14,7 @@
 //! | `bad-status` | rejects with status 200, outside 400..=599 |
 //! | `bad-path` | proceeds with a path that does not start with `/` |
 //! | `unknown-function` | routes to "nope/nope", which no config defines |
+//! | `snoop` | tries to read a file (`file`, default `/etc/passwd`), list `/`, read the environment and open a TCP connection (`addr`, default `127.0.0.1:9`); passes with what it got in `x-hostile-file`, `x-hostile-dir`, `x-hostile-env` and `x-hostile-net` |
 //! | `count` | passes, setting `x-hostile-instance` (this instance's first clock reading) and `x-hostile-calls` (calls this instance has served): shows instance reuse and recycling |
 //!
 //! Unknown modes reject with 500 (drop, for events) and say so.
@@ -56,6 +57,9 @@ impl Plugin for Hostile {
                 })
             }
             "oversized-path" => Decision::pass().path(slash_path(size())),
+            "snoop" => snoop()
+                .into_iter()
+                .fold(Decision::pass(), |d, (name, got)| d.set_header(name, got)),
             "bad-status" => Decision::reject(200, "200 is not a rejection"),
             "bad-path" => Decision::pass().path("no-leading-slash"),
             "unknown-function" => Decision::route_to("nope/nope"),
@@ -111,6 +115,46 @@ fn misbehave(mode: &str) -> bool {
         "trap" => panic!("hostile plugin: trap mode"),
         _ => false,
     }
+}
+
+/// What a plugin gets when it reaches for the file system, the environment or the network:
+/// `denied: …` for each, unless the host granted it.
+fn snoop() -> Vec<(&'static str, String)> {
+    fn shown<T>(r: std::io::Result<T>, ok: impl FnOnce(T) -> String) -> String {
+        match r {
+            Ok(v) => ok(v),
+            Err(e) => format!("denied: {e}"),
+        }
+    }
+    let file = config::get_or("file", "/etc/passwd");
+    let addr = config::get_or("addr", "127.0.0.1:9");
+    let vars: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
+    vec![
+        (
+            "x-hostile-file",
+            shown(std::fs::read(&file), |b| format!("read {} bytes", b.len())),
+        ),
+        (
+            "x-hostile-dir",
+            shown(std::fs::read_dir("/"), |d| {
+                format!("listed {} entries", d.count())
+            }),
+        ),
+        (
+            "x-hostile-env",
+            if vars.is_empty() {
+                "denied: no variables".to_string()
+            } else {
+                format!("read {}", vars.join(","))
+            },
+        ),
+        (
+            "x-hostile-net",
+            shown(std::net::TcpStream::connect(addr.as_str()), |_| {
+                "connected".to_string()
+            }),
+        ),
+    ]
 }
 
 /// Recurses until the stack runs out. The opaque base case satisfies the compiler; the
