@@ -79,7 +79,9 @@ TOML
     for _ in $(seq 100); do [ -f "$data/listeners.json" ] && break; sleep 0.05; done
     addr=$(python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['plaintext'])" "$data/listeners.json")
     t0=$(date +%s.%N)
+    c0=$(awk '{print $14 + $15}' "/proc/$gw/stat")
     taskset -c 1 wrk -t1 -c"$CONNS" -d"${DUR}s" -s "$out/post.lua" "http://$addr/job/x" >"$out/wrk-$r.txt"
+    c1=$(awk '{print $14 + $15}' "/proc/$gw/stat")
     rps=$(awk '/^Requests\/sec/ {print $2}' "$out/wrk-$r.txt")
     total=$(awk '/requests in/ {print $1}' "$out/wrk-$r.txt")
     non2xx=$(awk '/Non-2xx/ {print $5}' "$out/wrk-$r.txt"); non2xx=${non2xx:-0}
@@ -95,7 +97,12 @@ TOML
     t1=$(date +%s.%N)
     drain=$(python3 -c "print(round($ran / ($t1 - $t0)))")
     [ "${ACCEPT_ONLY:-0}" = 1 ] && drain=0
-    echo "round $r: $rps 202/s (non-2xx: $non2xx); $accepted accepted, $ran run, drained at $drain tasks/s (wrk start to last run)"
+    # fngate's CPU per request over the wrk run, and the embedded store's mean group commit.
+    cpu_us=$(awk -v t="$((c1 - c0))" -v hz="$(getconf CLK_TCK)" -v n="$total" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+    admin=$(python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['admin'])" "$data/listeners.json")
+    commit=$(curl -sk -H "authorization: Bearer $(cat "$data/admin-token")" "https://$admin/metrics" |
+        awk '/^fngate_async_store_commit_commands_sum/ {s=$2} /^fngate_async_store_commit_commands_count/ {c=$2} END {if (c) printf "%.1f", s / c; else print "-"}')
+    echo "round $r: $rps 202/s (non-2xx: $non2xx); $accepted accepted, $ran run, drained at $drain tasks/s (wrk start to last run); fngate CPU $cpu_us us/request; mean commit $commit commands"
     results+=("$rps"); drains+=("$drain")
     kill "$gw" "$be" ${ns:-}; wait "$gw" "$be" ${ns:-} 2>/dev/null || true; ns=""
 done

@@ -12,6 +12,8 @@
 # (scripts/test.sh installs them). No cephx (auth none), pool size 1, objects in memory: a test
 # fixture, never a deployment.
 set -euo pipefail
+# A step that fails under `set -e` says which one, instead of ending the script silently.
+trap 'echo "ceph-rgw.sh: line $LINENO: \`$BASH_COMMAND\` failed (exit $?)" >&2' ERR
 
 usage() { echo "usage: $0 start DIR RGW_PORT MON_PORT | stop DIR" >&2; exit 2; }
 

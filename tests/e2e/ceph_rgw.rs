@@ -45,7 +45,23 @@ struct Ceph {
 }
 
 impl Ceph {
+    /// Starts a cluster; one failed start (a slow, loaded machine) is retried on fresh ports
+    /// with its output shown.
     fn start() -> Ceph {
+        match std::panic::catch_unwind(Ceph::start_once) {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .unwrap_or_else(|| "(no message)".into());
+                eprintln!("first Ceph start failed, trying once more: {msg}");
+                Ceph::start_once()
+            }
+        }
+    }
+
+    fn start_once() -> Ceph {
         let dir = TempDir::new("ceph");
         let (rgw, mon) = (free_port(), free_port());
         let started = Instant::now();

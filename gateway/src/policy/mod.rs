@@ -43,6 +43,8 @@ mod bindings {
 pub(crate) use bindings::fngate::policy::types as wit;
 use bindings::{Policy, PolicyPre};
 
+/// The least time an instantiation gets, whatever the plugin's per-call `timeout`.
+const INSTANTIATE_DEADLINE: Duration = Duration::from_millis(250);
 /// Epoch ticks are 1 ms; a deadline is rounded up to whole ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// Idle instances kept per plugin; more concurrent calls instantiate fresh ones.
@@ -447,7 +449,9 @@ impl Plugin {
         &self,
         live: Option<Arc<dyn LiveState>>,
     ) -> Result<Instance, PluginFailure> {
-        // Instantiation runs guest code (start functions) under the deadline too.
+        // Instantiation runs guest code (start functions) under a deadline too, at least
+        // INSTANTIATE_DEADLINE: epoch ticks count wall time, and a first instantiation on a
+        // loaded machine (a thread descheduled for a few ms) must not fail a healthy plugin.
         self.ticker.touch();
         let state = PluginState::new(
             self.shared.clone(),
@@ -458,7 +462,7 @@ impl Plugin {
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(deadline_ticks(self.spec.timeout));
+        store.set_epoch_deadline(deadline_ticks(self.spec.timeout.max(INSTANTIATE_DEADLINE)));
         let policy = self
             .pre
             .instantiate_async(&mut store)
