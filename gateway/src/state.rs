@@ -247,6 +247,9 @@ fn log_router(config: &Config, sinks: &SinkRegistry) -> Result<LogSink, ConfigEr
             if s.stdout {
                 out.push(sinks.stdout());
             }
+            if let Some(o) = &s.otlp {
+                out.push(sinks.otlp(o));
+            }
             if let Some(f) = &s.file {
                 match sinks.file(&FileTarget::new(f.path.clone(), f.max_size, f.keep)) {
                     Ok(sink) => out.push(sink),
