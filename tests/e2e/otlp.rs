@@ -332,3 +332,50 @@ async fn metrics_and_service_logs_reach_a_collector_over_http() {
         "{global:#?}"
     );
 }
+
+#[tokio::test]
+async fn a_dead_collector_never_holds_up_requests() {
+    // Nothing listens on this port: every export fails (connection refused).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let be = Backend::start("s");
+    let gw = Gateway::start(&config(
+        &format!(
+            "otlp = {{ endpoint = \"http://127.0.0.1:{port}\", protocol = \"grpc\" }}\ntraces = {{ sample_ratio = 1.0 }}\nmetrics = {{ otlp = true, interval = \"100ms\" }}\nlog = {{ stdout = false, otlp = true }}"
+        ),
+        "",
+        &be.url(),
+    ));
+    let t0 = std::time::Instant::now();
+    for _ in 0..20 {
+        let r = gw.get("/s/x").await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    }
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    // The failures are visible: lines dropped by the OTLP sink, failed exports of both kinds.
+    eventually(
+        "the export failures counted",
+        Duration::from_secs(15),
+        || async {
+            metric(&gw, "fngate_log_lines_dropped_total", &["sink=\"otlp\""]).await >= 20.0
+                && metric(
+                    &gw,
+                    "fngate_otlp_export_failures_total",
+                    &["signal=\"logs\""],
+                )
+                .await
+                    >= 1.0
+                && metric(
+                    &gw,
+                    "fngate_otlp_export_failures_total",
+                    &["signal=\"metrics\""],
+                )
+                .await
+                    >= 1.0
+        },
+    )
+    .await;
+}
