@@ -331,6 +331,38 @@ async fn metrics_and_service_logs_reach_a_collector_over_http() {
         global.iter().all(|l| l["function"] != "demo/p"),
         "{global:#?}"
     );
+
+    // A reload moves the service's lines back to the global sinks (log sinks follow a reload);
+    // a changed push interval needs a restart, and the reload says so.
+    gw.write_config(&config(
+        &format!(
+            "otlp = {{ endpoint = \"http://127.0.0.1:{}\" }}\ntraces = {{ sample_ratio = 0.0 }}\nmetrics = {{ otlp = true, interval = \"300ms\" }}\nlog = {{ stdout = true }}",
+            rotel.http
+        ),
+        "",
+        &be.url(),
+    ));
+    let r = gw.admin(Method::POST, "/admin/reload").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(
+        r.json()["report"]["restart_required"],
+        serde_json::json!(["telemetry.metrics"])
+    );
+    let after = send(&gw, "/p", 1, "after-reload").await;
+    eventually("the line on stdout", Duration::from_secs(5), || {
+        let found = gw
+            .log_lines()
+            .iter()
+            .any(|l| l["request_id"] == after[0].as_str());
+        async move { found }
+    })
+    .await;
+    // The OTLP sink would have exported it within a write round (20 ms) and one request.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !rotel.text().contains("after-reload"),
+        "the service no longer sends to the collector"
+    );
 }
 
 #[tokio::test]
