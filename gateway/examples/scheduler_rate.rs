@@ -231,7 +231,7 @@ fn main() {
     let t = Instant::now();
     let plain = build(functions);
     let built_plain = t.elapsed();
-    fngate::telemetry::install_metrics();
+    fngate::telemetry::install_metrics(None);
     let t = Instant::now();
     let with_metrics = build(functions);
     let built_metrics = t.elapsed();

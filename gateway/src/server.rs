@@ -55,7 +55,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let store = tls::CertStore::new(tls::load_certified_key(&tls_files)?);
     let acceptor = TlsAcceptor::from(tls::server_config(store.clone()));
 
-    let prometheus = crate::telemetry::install_metrics();
+    let prometheus =
+        crate::telemetry::install_metrics(config.metrics.as_ref().map(|m| (&m.otlp, m.interval)));
+    if let Some(m) = &config.metrics {
+        tracing::info!(endpoint = %m.otlp.endpoint, protocol = ?m.otlp.protocol, interval = ?m.interval, "metrics are pushed to OTLP");
+    }
     let upkeep = prometheus.clone();
     tokio::spawn(async move {
         let mut t = tokio::time::interval(Duration::from_secs(5));
@@ -66,9 +70,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     });
 
     if let Some(t) = &config.traces {
-        crate::telemetry::trace::init(&t.endpoint, t.sample_ratio)
+        crate::telemetry::trace::init(&t.otlp, t.sample_ratio)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        tracing::info!(endpoint = %t.endpoint, sample_ratio = t.sample_ratio, "invocation traces go to OTLP (HTTP/protobuf)");
+        tracing::info!(endpoint = %t.otlp.endpoint, protocol = ?t.otlp.protocol, sample_ratio = t.sample_ratio, "invocation traces go to OTLP");
     }
     let limits = s.limits.clone();
     let policy = PolicyHost::new()?;
@@ -200,6 +204,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = tokio::task::spawn_blocking(crate::telemetry::trace::shutdown).await;
     let g = gw.clone();
     let _ = tokio::task::spawn_blocking(move || g.flush_logs(Duration::from_secs(2))).await;
+    let _ = tokio::task::spawn_blocking(crate::telemetry::otlp::shutdown_metrics).await;
     let _ = std::fs::remove_file(s.data_dir.join(LISTENERS_FILE));
     Ok(())
 }

@@ -143,6 +143,13 @@ impl Gateway {
         if old.config.gpu_cards_max != new.gpu_cards_max {
             restart_required.push("account.gpu_cards_max".into());
         }
+        // The trace exporter and the metrics recorder are installed once per process.
+        if old.config.traces != new.traces {
+            restart_required.push("telemetry.otlp / telemetry.traces".into());
+        }
+        if old.config.metrics != new.metrics {
+            restart_required.push("telemetry.metrics".into());
+        }
         let generation = self.generation.load(Ordering::Relaxed) + 1;
         let new = Arc::new(new);
         let log = log_router(&new, &self.sinks)?;
@@ -246,6 +253,9 @@ fn log_router(config: &Config, sinks: &SinkRegistry) -> Result<LogSink, ConfigEr
         |path: String, s: &config::LogSinks, out: &mut Vec<Arc<crate::telemetry::Sink>>| {
             if s.stdout {
                 out.push(sinks.stdout());
+            }
+            if let Some(o) = &s.otlp {
+                out.push(sinks.otlp(o));
             }
             if let Some(f) = &s.file {
                 match sinks.file(&FileTarget::new(f.path.clone(), f.max_size, f.keep)) {

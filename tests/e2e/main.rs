@@ -14,6 +14,7 @@ mod instances;
 mod logging;
 mod metering;
 mod operations;
+mod otlp;
 mod plugins;
 mod prometheus;
 mod reliability;

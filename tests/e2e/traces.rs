@@ -8,10 +8,11 @@ use http::Method;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Rotel {
+pub struct Rotel {
     child: Child,
     out: std::path::PathBuf,
-    http: u16,
+    pub http: u16,
+    pub grpc: u16,
     _dir: TempDir,
 }
 
@@ -23,7 +24,8 @@ fn free_port() -> u16 {
 }
 
 impl Rotel {
-    fn start() -> Rotel {
+    /// A collector that prints the traces, metrics and logs it receives (OTLP gRPC and HTTP).
+    pub fn start() -> Rotel {
         // The wheel ships the collector binary inside the package.
         let bin = std::env::var("FNGATE_ROTEL").unwrap_or_else(|_| {
             let out = Command::new("python3")
@@ -54,6 +56,10 @@ impl Rotel {
                 "blackhole",
                 "--debug-log",
                 "traces",
+                "--debug-log",
+                "metrics",
+                "--debug-log",
+                "logs",
                 "--debug-log-verbosity",
                 "detailed",
             ])
@@ -62,7 +68,9 @@ impl Rotel {
             .spawn()
             .expect("start rotel-agent");
         let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
+        while std::net::TcpStream::connect(("127.0.0.1", http)).is_err()
+            || std::net::TcpStream::connect(("127.0.0.1", grpc)).is_err()
+        {
             assert!(Instant::now() < deadline, "rotel did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -70,13 +78,19 @@ impl Rotel {
             child,
             out,
             http,
+            grpc,
             _dir: dir,
         }
     }
 
+    /// Everything printed so far.
+    pub fn text(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
     /// The spans printed so far: (trace id, parent id, id, name, attribute lines).
-    fn spans(&self) -> Vec<Span> {
-        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+    pub fn spans(&self) -> Vec<Span> {
+        let text = self.text();
         let mut spans: Vec<Span> = Vec::new();
         for line in text.lines() {
             let l = line.trim();
@@ -102,12 +116,12 @@ impl Rotel {
 }
 
 #[derive(Debug, Default, Clone)]
-struct Span {
-    trace: String,
-    parent: String,
-    id: String,
-    name: String,
-    attrs: Vec<String>,
+pub struct Span {
+    pub trace: String,
+    pub parent: String,
+    pub id: String,
+    pub name: String,
+    pub attrs: Vec<String>,
 }
 
 impl Drop for Rotel {

@@ -136,6 +136,8 @@ pub struct Config {
     pub service_logs: std::collections::BTreeMap<String, ServiceLog>,
     /// OTLP trace export (`[telemetry] otlp` + `traces`); `None`: no traces.
     pub traces: Option<TracesSpec>,
+    /// OTLP metrics push (`[telemetry] metrics = { otlp = true }`); read at start only.
+    pub metrics: Option<MetricsSpec>,
     /// The node's GPU pool, in config order (card indexes follow it).
     pub gpus: Vec<crate::scheduler::gpu::CardType>,
     /// The account's cap on physical GPU cards in use.
@@ -160,6 +162,8 @@ pub const MAX_LOG_KEEP: u32 = 1000;
 pub struct LogSinks {
     pub stdout: bool,
     pub file: Option<FileSinkSpec>,
+    /// `otlp = true`: lines also go to the collector of `[telemetry] otlp`.
+    pub otlp: Option<OtlpSpec>,
 }
 
 /// `file = { path, max_size, keep }`, the path resolved against the config file's directory.
@@ -282,11 +286,39 @@ pub enum QueueKind {
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 pub const DEFAULT_NATS_STREAM: &str = "FNGATE";
 
+/// The collector (`[telemetry] otlp = { endpoint, protocol }`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpSpec {
+    /// The collector's base URL (`http://HOST:PORT`, no trailing slash); over HTTP the signals
+    /// go to `/v1/traces`, `/v1/metrics` and `/v1/logs`.
+    pub endpoint: String,
+    pub protocol: OtlpProtocol,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// HTTP/protobuf (the collector's port 4318).
+    Http,
+    /// gRPC over plain HTTP/2 (port 4317).
+    Grpc,
+}
+
+/// OTLP metrics push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsSpec {
+    pub otlp: OtlpSpec,
+    /// Every series is pushed this often (cumulative values).
+    pub interval: std::time::Duration,
+}
+
+pub const DEFAULT_METRICS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+pub const MIN_METRICS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Where invocation spans go and how many.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TracesSpec {
-    /// The collector's base URL (`http://HOST:PORT`); spans go to `/v1/traces`.
-    pub endpoint: String,
+    /// The collector.
+    pub otlp: OtlpSpec,
     /// Share of traces started here that are recorded (a client's `traceparent` decides for
     /// its own).
     pub sample_ratio: f64,

@@ -59,13 +59,6 @@ impl Ctx<'_> {
         });
     }
 
-    fn unsupported(&mut self, path: impl Into<String>, what: &str) {
-        self.err(
-            path,
-            format!("not supported by this build yet ({what}); remove this key"),
-        );
-    }
-
     fn duration(
         &mut self,
         path: String,
@@ -319,18 +312,20 @@ pub(super) fn compile(
     let mut log = LogSinks {
         stdout: true,
         file: None,
+        otlp: None,
     };
     let mut traces = None;
+    let mut metrics = None;
+    let mut otlp = None;
     if let Some(t) = &raw.telemetry {
-        traces = compile_traces(&mut cx, t.otlp.as_ref(), t.traces.as_ref());
-        if t.metrics.is_some() {
-            cx.unsupported(
-                "telemetry.metrics",
-                "metrics other than the Prometheus endpoint",
-            );
-        }
+        otlp = t.otlp.as_ref().and_then(|o| compile_otlp(&mut cx, o));
+        traces = compile_traces(&mut cx, t.otlp.is_some(), otlp.as_ref(), t.traces.as_ref());
+        metrics = t
+            .metrics
+            .as_ref()
+            .and_then(|m| compile_metrics(&mut cx, t.otlp.is_some(), otlp.as_ref(), m));
         if let Some(raw_log) = &t.log {
-            log = compile_log_sinks(&mut cx, "telemetry.log", raw_log, true);
+            log = compile_log_sinks(&mut cx, "telemetry.log", raw_log, true, otlp.as_ref());
             if raw_log.inherit.is_some() {
                 cx.err(
                     "telemetry.log.inherit",
@@ -376,7 +371,8 @@ pub(super) fn compile(
             );
         }
         if let Some(raw_log) = &svc.log {
-            let sinks = compile_log_sinks(&mut cx, &format!("{sp}.log"), raw_log, false);
+            let sinks =
+                compile_log_sinks(&mut cx, &format!("{sp}.log"), raw_log, false, otlp.as_ref());
             service_logs.insert(
                 sname.clone(),
                 ServiceLog {
@@ -476,6 +472,7 @@ pub(super) fn compile(
             log,
             service_logs,
             traces,
+            metrics,
             gpus,
             gpu_cards_max,
             queue,
@@ -487,57 +484,65 @@ pub(super) fn compile(
     }
 }
 
-/// `[telemetry] otlp = { endpoint, protocol }` and `traces = { sample_ratio }`: traces are
-/// exported when `otlp` is set (`traces` alone is an error: it has nowhere to go).
-fn compile_traces(
+/// A sub-table's keys against the accepted ones.
+fn otlp_table(
     cx: &mut Ctx<'_>,
-    otlp: Option<&toml::Value>,
-    traces: Option<&toml::Value>,
-) -> Option<TracesSpec> {
-    let table = |cx: &mut Ctx<'_>, path: &str, v: &toml::Value, keys: &[&str]| {
-        let Some(t) = v.as_table() else {
-            cx.err(path, "expected a table");
-            return None;
-        };
-        for k in t.keys() {
-            if !keys.contains(&k.as_str()) {
-                cx.err(
-                    format!("{path}.{k}"),
-                    format!("unknown key; expected one of {}", keys.join(", ")),
-                );
-            }
-        }
-        Some(t.clone())
-    };
-    let Some(otlp) = otlp else {
-        if traces.is_some() {
-            cx.err(
-                "telemetry.traces",
-                "traces need an exporter: set telemetry.otlp = { endpoint = \"http://127.0.0.1:4318\" }",
-            );
-        }
+    path: &str,
+    v: &toml::Value,
+    keys: &[&str],
+) -> Option<toml::map::Map<String, toml::Value>> {
+    let Some(t) = v.as_table() else {
+        cx.err(path, "expected a table");
         return None;
     };
-    let o = table(cx, "telemetry.otlp", otlp, &["endpoint", "protocol"])?;
-    match o.get("protocol").map(|p| p.as_str()) {
-        None | Some(Some("http")) => {}
-        Some(Some("grpc")) => cx.unsupported(
-            "telemetry.otlp.protocol",
-            "OTLP over gRPC; use protocol = \"http\" (HTTP/protobuf)",
-        ),
-        Some(_) => cx.err(
-            "telemetry.otlp.protocol",
-            "expected \"http\" (HTTP/protobuf) or \"grpc\"",
-        ),
+    for k in t.keys() {
+        if !keys.contains(&k.as_str()) {
+            cx.err(
+                format!("{path}.{k}"),
+                format!("unknown key; expected one of {}", keys.join(", ")),
+            );
+        }
     }
+    Some(t.clone())
+}
+
+const NEEDS_OTLP: &str =
+    "need an exporter: set telemetry.otlp = { endpoint = \"http://127.0.0.1:4318\" }";
+
+/// `[telemetry] otlp = { endpoint, protocol }`: the collector every OTLP signal goes to.
+fn compile_otlp(cx: &mut Ctx<'_>, otlp: &toml::Value) -> Option<OtlpSpec> {
+    let o = otlp_table(cx, "telemetry.otlp", otlp, &["endpoint", "protocol"])?;
+    let protocol = match o.get("protocol").map(|p| p.as_str()) {
+        None | Some(Some("http")) => OtlpProtocol::Http,
+        Some(Some("grpc")) => OtlpProtocol::Grpc,
+        Some(_) => {
+            cx.err(
+                "telemetry.otlp.protocol",
+                "expected \"http\" (HTTP/protobuf) or \"grpc\"",
+            );
+            OtlpProtocol::Http
+        }
+    };
     let endpoint = match o.get("endpoint").and_then(|e| e.as_str()) {
-        Some(e) if e.starts_with("http://") && e.len() > "http://".len() && !e.contains('?') => {
+        Some(e)
+            if e.starts_with("http://")
+                && e.len() > "http://".len()
+                && !e.contains('?')
+                && (protocol == OtlpProtocol::Http
+                    || !e["http://".len()..].trim_end_matches('/').contains('/')) =>
+        {
             e.trim_end_matches('/').to_owned()
         }
         Some(e) => {
+            let hint = match protocol {
+                OtlpProtocol::Http => {
+                    "like \"http://127.0.0.1:4318\" (plain http; spans go to /v1/traces, metrics to /v1/metrics, logs to /v1/logs)"
+                }
+                OtlpProtocol::Grpc => "like \"http://127.0.0.1:4317\" (plain http/2, no path)",
+            };
             cx.err(
                 "telemetry.otlp.endpoint",
-                format!("`{e}`: expected the collector's base URL, like \"http://127.0.0.1:4318\" (plain http; spans go to /v1/traces)"),
+                format!("`{e}`: expected the collector's base URL, {hint}"),
             );
             return None;
         }
@@ -549,9 +554,26 @@ fn compile_traces(
             return None;
         }
     };
+    Some(OtlpSpec { endpoint, protocol })
+}
+
+/// `traces = { sample_ratio }`: traces are exported when `otlp` is set (`traces` alone is an
+/// error: it has nowhere to go). `has_otlp` is true when `otlp` is written, valid or not.
+fn compile_traces(
+    cx: &mut Ctx<'_>,
+    has_otlp: bool,
+    otlp: Option<&OtlpSpec>,
+    traces: Option<&toml::Value>,
+) -> Option<TracesSpec> {
+    if !has_otlp {
+        if traces.is_some() {
+            cx.err("telemetry.traces", format!("traces {NEEDS_OTLP}"));
+        }
+        return None;
+    }
     let mut sample_ratio = DEFAULT_TRACE_SAMPLE_RATIO;
     if let Some(tr) = traces
-        && let Some(t) = table(cx, "telemetry.traces", tr, &["sample_ratio"])
+        && let Some(t) = otlp_table(cx, "telemetry.traces", tr, &["sample_ratio"])
         && let Some(r) = t.get("sample_ratio")
     {
         match r.as_float().or_else(|| r.as_integer().map(|i| i as f64)) {
@@ -563,17 +585,101 @@ fn compile_traces(
         }
     }
     Some(TracesSpec {
-        endpoint,
+        otlp: otlp?.clone(),
         sample_ratio,
     })
 }
 
-/// `log = { stdout, file, otlp }`: `stdout` defaults to `default_stdout` (true globally, false for
-/// a service, whose lines reach stdout through the global sinks when it inherits them).
-fn compile_log_sinks(cx: &mut Ctx, path: &str, raw: &RawLogSink, default_stdout: bool) -> LogSinks {
-    if raw.otlp.is_some() {
-        cx.unsupported(format!("{path}.otlp"), "OTLP logs");
+/// `metrics = { otlp = true, interval = "10s" }`: every series of the Prometheus endpoint is
+/// also pushed to the collector.
+fn compile_metrics(
+    cx: &mut Ctx<'_>,
+    has_otlp: bool,
+    otlp: Option<&OtlpSpec>,
+    v: &toml::Value,
+) -> Option<MetricsSpec> {
+    let t = otlp_table(cx, "telemetry.metrics", v, &["otlp", "interval"])?;
+    let on = match t.get("otlp") {
+        None => false,
+        Some(toml::Value::Boolean(b)) => *b,
+        Some(_) => {
+            cx.err(
+                "telemetry.metrics.otlp",
+                "expected true or false (push metrics to telemetry.otlp)",
+            );
+            false
+        }
+    };
+    let interval = match t.get("interval") {
+        None => DEFAULT_METRICS_INTERVAL,
+        Some(toml::Value::String(text)) => match parse_duration(text) {
+            Ok(d) if d >= MIN_METRICS_INTERVAL && d <= Duration::from_secs(3600) => d,
+            Ok(_) => {
+                cx.err(
+                    "telemetry.metrics.interval",
+                    format!("`{text}`: expected from 100ms to 1h"),
+                );
+                DEFAULT_METRICS_INTERVAL
+            }
+            Err(m) => {
+                cx.err("telemetry.metrics.interval", m);
+                DEFAULT_METRICS_INTERVAL
+            }
+        },
+        Some(other) => {
+            cx.err(
+                "telemetry.metrics.interval",
+                format!("`{other}`: expected a duration such as \"10s\""),
+            );
+            DEFAULT_METRICS_INTERVAL
+        }
+    };
+    if !on {
+        return None;
     }
+    if !has_otlp {
+        cx.err(
+            "telemetry.metrics.otlp",
+            format!("OTLP metrics {NEEDS_OTLP}"),
+        );
+    }
+    Some(MetricsSpec {
+        otlp: otlp?.clone(),
+        interval,
+    })
+}
+
+/// `log = { stdout, file, otlp }`: `stdout` defaults to `default_stdout` (true globally, false for
+/// a service, whose lines reach stdout through the global sinks when it inherits them); `otlp =
+/// true` sends the lines to the collector of `telemetry.otlp`.
+fn compile_log_sinks(
+    cx: &mut Ctx,
+    path: &str,
+    raw: &RawLogSink,
+    default_stdout: bool,
+    otlp: Option<&OtlpSpec>,
+) -> LogSinks {
+    let otlp = match &raw.otlp {
+        None | Some(toml::Value::Boolean(false)) => None,
+        Some(toml::Value::Boolean(true)) => {
+            if otlp.is_none()
+                && !cx
+                    .problems
+                    .iter()
+                    .any(|p| p.path.starts_with("telemetry.otlp"))
+            {
+                cx.err(format!("{path}.otlp"), format!("OTLP logs {NEEDS_OTLP}"));
+            }
+            otlp.cloned()
+        }
+        Some(_) => {
+            cx.err(
+                format!("{path}.otlp"),
+                "expected true or false (send lines to telemetry.otlp)",
+            );
+            None
+        }
+    };
     let file = raw
         .file
         .as_ref()
@@ -581,6 +687,7 @@ fn compile_log_sinks(cx: &mut Ctx, path: &str, raw: &RawLogSink, default_stdout:
     LogSinks {
         stdout: raw.stdout.unwrap_or(default_stdout),
         file,
+        otlp,
     }
 }
 
@@ -2641,19 +2748,52 @@ methods = ["POST"]
             "{GOOD}\n[telemetry]\notlp = {{ endpoint = \"http://127.0.0.1:4318/\" }}\ntraces = {{ sample_ratio = 0.25 }}\n"
         );
         let c = compile_with_env(&ok, &env).expect("valid");
+        let http = OtlpSpec {
+            endpoint: "http://127.0.0.1:4318".into(),
+            protocol: OtlpProtocol::Http,
+        };
         assert_eq!(
             c.traces,
             Some(TracesSpec {
-                endpoint: "http://127.0.0.1:4318".into(),
+                otlp: http.clone(),
                 sample_ratio: 0.25
             })
         );
+        assert_eq!(c.metrics, None);
+        assert_eq!(c.log.otlp, None);
         let default_ratio = format!(
             "{GOOD}\n[telemetry]\notlp = {{ endpoint = \"http://127.0.0.1:4318\", protocol = \"http\" }}\n"
         );
         let c = compile_with_env(&default_ratio, &env).expect("valid");
         assert_eq!(c.traces.unwrap().sample_ratio, DEFAULT_TRACE_SAMPLE_RATIO);
         assert!(compile_with_env(GOOD, &env).unwrap().traces.is_none());
+
+        // gRPC, metrics pushed, logs globally and for one service.
+        let all = format!(
+            "{GOOD}\n[telemetry]\notlp = {{ endpoint = \"http://127.0.0.1:4317\", protocol = \"grpc\" }}\nmetrics = {{ otlp = true, interval = \"250ms\" }}\nlog = {{ otlp = true }}\n"
+        );
+        let c = compile_with_env(&all, &env).expect("valid");
+        let grpc = OtlpSpec {
+            endpoint: "http://127.0.0.1:4317".into(),
+            protocol: OtlpProtocol::Grpc,
+        };
+        assert_eq!(c.traces.unwrap().otlp, grpc);
+        assert_eq!(
+            c.metrics,
+            Some(MetricsSpec {
+                otlp: grpc.clone(),
+                interval: Duration::from_millis(250)
+            })
+        );
+        assert_eq!(c.log.otlp, Some(grpc.clone()));
+        let c = compile_with_env(
+            &format!("{GOOD}\n[telemetry]\notlp = {{ endpoint = \"http://c:4318\" }}\nmetrics = {{ otlp = true }}\nlog = {{ otlp = false }}\n"),
+            &env,
+        )
+        .expect("valid");
+        assert_eq!(c.metrics.unwrap().interval, DEFAULT_METRICS_INTERVAL);
+        assert_eq!(c.log.otlp, None);
+
         let bad = |telemetry: &str| -> Vec<String> {
             compile_with_env(&format!("{GOOD}\n[telemetry]\n{telemetry}\n"), &env)
                 .expect_err("invalid")
@@ -2668,16 +2808,48 @@ methods = ["POST"]
             ]
         );
         assert_eq!(
-            bad("otlp = { endpoint = \"https://c:4318\" }"),
+            bad("metrics = { otlp = true }\nlog = { otlp = true }"),
             [
-                "telemetry.otlp.endpoint: `https://c:4318`: expected the collector's base URL, like \"http://127.0.0.1:4318\" (plain http; spans go to /v1/traces)"
+                "telemetry.metrics.otlp: OTLP metrics need an exporter: set telemetry.otlp = { endpoint = \"http://127.0.0.1:4318\" }",
+                "telemetry.log.otlp: OTLP logs need an exporter: set telemetry.otlp = { endpoint = \"http://127.0.0.1:4318\" }",
             ]
         );
         assert_eq!(
-            bad("otlp = { endpoint = \"http://c:4317\", protocol = \"grpc\" }"),
+            bad("otlp = { endpoint = \"https://c:4318\" }"),
             [
-                "telemetry.otlp.protocol: not supported by this build yet (OTLP over gRPC; use protocol = \"http\" (HTTP/protobuf)); remove this key"
+                "telemetry.otlp.endpoint: `https://c:4318`: expected the collector's base URL, like \"http://127.0.0.1:4318\" (plain http; spans go to /v1/traces, metrics to /v1/metrics, logs to /v1/logs)"
             ]
+        );
+        assert_eq!(
+            bad("otlp = { endpoint = \"http://c:4317/otlp\", protocol = \"grpc\" }"),
+            [
+                "telemetry.otlp.endpoint: `http://c:4317/otlp`: expected the collector's base URL, like \"http://127.0.0.1:4317\" (plain http/2, no path)"
+            ]
+        );
+        assert_eq!(
+            bad("otlp = { endpoint = \"http://c:4317\", protocol = \"quic\" }"),
+            ["telemetry.otlp.protocol: expected \"http\" (HTTP/protobuf) or \"grpc\""]
+        );
+        assert_eq!(
+            bad(
+                "otlp = { endpoint = \"http://c:4318\" }\nmetrics = { otlp = 1, interval = \"10ms\", every = 2 }\nlog = { otlp = \"yes\" }"
+            ),
+            [
+                "telemetry.metrics.every: unknown key; expected one of otlp, interval",
+                "telemetry.metrics.otlp: expected true or false (push metrics to telemetry.otlp)",
+                "telemetry.metrics.interval: `10ms`: expected from 100ms to 1h",
+                "telemetry.log.otlp: expected true or false (send lines to telemetry.otlp)",
+            ]
+        );
+        assert_eq!(
+            bad(
+                "otlp = { endpoint = \"http://c:4318\" }\nmetrics = { otlp = true, interval = 10 }"
+            ),
+            ["telemetry.metrics.interval: `10`: expected a duration such as \"10s\""]
+        );
+        assert_eq!(
+            bad("otlp = { endpoint = \"http://c:4318\" }\nmetrics = \"on\""),
+            ["telemetry.metrics: expected a table"]
         );
         assert_eq!(
             bad(
@@ -3048,17 +3220,31 @@ source = "rgw"
             c.log,
             LogSinks {
                 stdout: true,
-                file: None
+                file: None,
+                otlp: None,
             }
         );
         assert!(c.service_logs.is_empty());
+        // A service's lines to the collector only.
+        let text = GOOD.replace(
+            "[[service]]\nname = \"demo\"\n",
+            "[[service]]\nname = \"demo\"\nlog = { otlp = true, inherit = false }\n",
+        ) + "\n[telemetry]\notlp = { endpoint = \"http://127.0.0.1:4318\" }\n";
+        let c = compile_with_env(&text, &[("ECHO_TOKEN", "t")]).unwrap();
+        assert_eq!(c.log.otlp, None);
+        let demo = &c.service_logs["demo"];
+        assert!(!demo.inherit && !demo.sinks.stdout);
+        assert_eq!(
+            demo.sinks.otlp.as_ref().map(|o| o.endpoint.as_str()),
+            Some("http://127.0.0.1:4318")
+        );
     }
 
     #[test]
     fn bad_log_sinks() {
         let text = GOOD.replace(
             "[[service]]\nname = \"demo\"\n",
-            "[[service]]\nname = \"demo\"\nlog = { file = { path = \"d.log\", max_size = \"10\", keep = -1, colour = 1 }, otlp = {} }\n",
+            "[[service]]\nname = \"demo\"\nlog = { file = { path = \"d.log\", max_size = \"10\", keep = -1, colour = 1 }, otlp = {} }\n[[service]]\nname = \"other\"\nlog = { otlp = true }\n",
         ) + "\n[telemetry]\nlog = { file = 7, inherit = true }\n";
         let p = problems(&text).join("\n");
         for want in [
@@ -3067,7 +3253,8 @@ source = "rgw"
             "service[0].log.file.colour: unknown key",
             "service[0].log.file.keep: a number of rotated files",
             "service[0].log.file.max_size: 10 bytes is outside 512..=",
-            "service[0].log.otlp: not supported by this build yet (OTLP logs)",
+            "service[0].log.otlp: expected true or false (send lines to telemetry.otlp)",
+            "service[1].log.otlp: OTLP logs need an exporter: set telemetry.otlp",
         ] {
             assert!(p.contains(want), "missing `{want}` in:\n{p}");
         }

@@ -113,6 +113,12 @@ impl Sink {
         Ok(Sink::spawn("file", LOG_BUFFER_BYTES, target))
     }
 
+    /// An OTLP logs sink: each write round becomes one export (or a few) to the collector. A
+    /// slow or dead collector fills the buffer and lines are dropped, as for any sink.
+    pub fn otlp(spec: &crate::config::OtlpSpec) -> Arc<Sink> {
+        Sink::spawn("otlp", LOG_BUFFER_BYTES, super::otlp::LogTarget::new(spec))
+    }
+
     fn spawn(label: &'static str, capacity: usize, target: impl Target) -> Arc<Sink> {
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
@@ -307,6 +313,8 @@ impl LogSink {
 pub struct SinkRegistry {
     stdout: Arc<Sink>,
     files: Mutex<HashMap<PathBuf, (FileTarget, Weak<Sink>)>>,
+    /// The OTLP logs sink, kept while a generation uses the same collector.
+    otlp: Mutex<Option<(crate::config::OtlpSpec, Weak<Sink>)>>,
 }
 
 impl SinkRegistry {
@@ -314,7 +322,22 @@ impl SinkRegistry {
         SinkRegistry {
             stdout: Sink::stdout(),
             files: Mutex::new(HashMap::new()),
+            otlp: Mutex::new(None),
         }
+    }
+
+    /// The OTLP logs sink for `spec`, shared by every service that sends its lines there.
+    pub fn otlp(&self, spec: &crate::config::OtlpSpec) -> Arc<Sink> {
+        let mut otlp = self.otlp.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((s, w)) = &*otlp
+            && s == spec
+            && let Some(sink) = w.upgrade()
+        {
+            return sink;
+        }
+        let sink = Sink::otlp(spec);
+        *otlp = Some((spec.clone(), Arc::downgrade(&sink)));
+        sink
     }
 
     pub fn stdout(&self) -> Arc<Sink> {
@@ -342,10 +365,13 @@ impl SinkRegistry {
 impl SinkRegistry {
     /// Writes every live sink's buffered lines, waiting up to `timeout` for each (at shutdown).
     pub fn flush(&self, timeout: Duration) {
-        let files: Vec<Arc<Sink>> = {
+        let mut files: Vec<Arc<Sink>> = {
             let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
             files.values().filter_map(|(_, w)| w.upgrade()).collect()
         };
+        let otlp = self.otlp.lock().unwrap_or_else(|e| e.into_inner());
+        files.extend(otlp.as_ref().and_then(|(_, w)| w.upgrade()));
+        drop(otlp);
         for s in files.iter().chain([&self.stdout]) {
             s.flush(timeout);
         }
@@ -359,7 +385,7 @@ impl Default for SinkRegistry {
 }
 
 /// What a writer thread writes batches of whole lines (each ending in `\n`) into.
-trait Target: Send + 'static {
+pub(super) trait Target: Send + 'static {
     fn write_lines(&mut self, buf: &[u8]) -> std::io::Result<()>;
 }
 

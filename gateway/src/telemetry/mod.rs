@@ -7,6 +7,7 @@
 #[cfg(test)]
 mod doc_check;
 mod log;
+pub mod otlp;
 pub mod trace;
 pub mod window;
 
@@ -68,16 +69,32 @@ pub const USAGE_GPU_GB_SECONDS: &str = "fngate_usage_gpu_gb_milliseconds_total";
 pub const USAGE_FLUSH_FAILURES: &str = "fngate_usage_flush_failures_total";
 pub const STORE_COMMIT_COMMANDS: &str = "fngate_async_store_commit_commands";
 pub const STORE_COMMIT_DURATION: &str = "fngate_async_store_commit_seconds";
+pub const OTLP_EXPORT_FAILURES: &str = "fngate_otlp_export_failures_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.00001, 0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
+const STORE_COMMIT_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+/// A histogram's buckets, the same on the Prometheus endpoint and in OTLP.
+fn histogram_bounds(name: &str) -> Option<&'static [f64]> {
+    if name == STORE_COMMIT_COMMANDS {
+        Some(STORE_COMMIT_BUCKETS)
+    } else if name.ends_with("_seconds") {
+        Some(LATENCY_BUCKETS)
+    } else {
+        None
+    }
+}
+
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// Installs the Prometheus recorder as the global `metrics` recorder (once per process).
-pub fn install_metrics() -> PrometheusHandle {
+/// Installs the global `metrics` recorder (once per process): the Prometheus endpoint's, and
+/// with `otlp` set also a copy of every series that is pushed to the collector every `interval`.
+/// Without `otlp` a record call is exactly the Prometheus recorder's.
+pub fn install_metrics(otlp: Option<(&crate::config::OtlpSpec, Duration)>) -> PrometheusHandle {
     PROMETHEUS
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
@@ -85,13 +102,22 @@ pub fn install_metrics() -> PrometheusHandle {
                 .expect("bucket list is not empty")
                 .set_buckets_for_metric(
                     Matcher::Full(STORE_COMMIT_COMMANDS.into()),
-                    &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+                    STORE_COMMIT_BUCKETS,
                 )
                 .expect("bucket list is not empty")
                 .build_recorder();
             let handle = recorder.handle();
             // Fails only if another recorder was installed first, e.g. in unit tests; then metrics go there.
-            let _ = metrics::set_global_recorder(recorder);
+            match otlp {
+                None => {
+                    let _ = metrics::set_global_recorder(recorder);
+                }
+                Some((spec, interval)) => {
+                    let both = otlp::OtlpRecorder::new(recorder);
+                    otlp::start_metrics(&both, spec, interval);
+                    let _ = metrics::set_global_recorder(both);
+                }
+            }
             describe();
             handle
         })
@@ -134,7 +160,11 @@ fn describe() {
     describe_counter!(CERT_RELOADS, "TLS certificate reloads, by result");
     describe_counter!(
         LOG_LINES_DROPPED,
-        "Log lines dropped because a sink could not keep up or write, by sink (stdout, file)"
+        "Log lines dropped because a sink could not keep up or write, by sink (stdout, file, otlp)"
+    );
+    describe_counter!(
+        OTLP_EXPORT_FAILURES,
+        "OTLP exports (metrics pushes, log batches) the collector did not take, by signal"
     );
     describe_counter!(
         EVENTS_RECEIVED,

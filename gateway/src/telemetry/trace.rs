@@ -1,5 +1,6 @@
 //! OpenTelemetry traces: one span per invocation with children for trigger match, plugin
-//! decision, queue wait, cold start and the upstream call, exported over OTLP HTTP/protobuf.
+//! decision, queue wait, cold start and the upstream call, exported over OTLP (HTTP/protobuf or
+//! gRPC).
 //!
 //! The root span starts when the request arrives (so its id can go to the backend in
 //! `traceparent` before the call) and ends with the invocation log line; the children are
@@ -9,6 +10,7 @@
 //! Export runs on the batch processor's own thread; a slow or dead collector drops spans (the
 //! SDK's bounded queue), it never blocks a request.
 
+use crate::config::{OtlpProtocol, OtlpSpec};
 use http::{HeaderMap, HeaderValue};
 use opentelemetry::trace::{
     Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
@@ -24,18 +26,26 @@ use std::time::{Duration, Instant, SystemTime};
 static TRACING: OnceLock<(SdkTracerProvider, Tracer)> = OnceLock::new();
 pub static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
-/// Starts the exporter (once per process). `endpoint` is the collector's base URL
-/// (`http://127.0.0.1:4318`); spans go to `{endpoint}/v1/traces`.
-pub fn init(endpoint: &str, sample_ratio: f64) -> Result<(), String> {
+/// Starts the exporter (once per process). Over HTTP spans go to `{endpoint}/v1/traces`; over
+/// gRPC the exporter's channel runs on the caller's runtime (call this inside it).
+pub fn init(otlp: &OtlpSpec, sample_ratio: f64) -> Result<(), String> {
     if TRACING.get().is_some() {
         return Ok(());
     }
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
-        .with_timeout(Duration::from_secs(5))
-        .build()
-        .map_err(|e| format!("cannot build the OTLP exporter for {endpoint}: {e}"))?;
+    let endpoint = &otlp.endpoint;
+    let exporter = match otlp.protocol {
+        OtlpProtocol::Http => opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(format!("{endpoint}/v1/traces"))
+            .with_timeout(Duration::from_secs(5))
+            .build(),
+        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint.clone())
+            .with_timeout(Duration::from_secs(5))
+            .build(),
+    }
+    .map_err(|e| format!("cannot build the OTLP exporter for {endpoint}: {e}"))?;
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
