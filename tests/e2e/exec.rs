@@ -102,6 +102,17 @@ async fn exec(
     .unwrap()
 }
 
+/// A shell command line running `fngate exec` (a shell, no command) on instance `id`; the admin
+/// token comes from the environment.
+fn interactive_exec_line(gw: &Gateway, id: &str) -> String {
+    let exec = exec_cmd(gw, None, &format!("demo/p/{id}"), &[]);
+    std::iter::once(exec.get_program())
+        .chain(exec.get_args())
+        .map(|a| format!("'{}'", a.to_string_lossy()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -209,12 +220,7 @@ async fn an_interactive_session_runs_through_a_real_pty() {
     let gw = start("5m", "");
     let (id, _, _) = one_instance(&gw).await;
     // `script` gives fngate exec a terminal; the session then gets a PTY of its own on the gateway.
-    let exec = exec_cmd(&gw, Some(ADMIN_TOKEN), &format!("demo/p/{id}"), &[]);
-    let line = std::iter::once(exec.get_program())
-        .chain(exec.get_args())
-        .map(|a| format!("'{}'", a.to_string_lossy()))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let line = interactive_exec_line(&gw, &id);
     let out = tokio::task::spawn_blocking(move || {
         let mut child = Command::new("script")
             .args(["-qefc", &line, "/dev/null"])
@@ -226,7 +232,7 @@ async fn an_interactive_session_runs_through_a_real_pty() {
             .expect("`script` (util-linux) is installed");
         let mut stdin = child.stdin.take().unwrap();
         stdin
-            .write_all(b"tty; echo \"answer=$((6*7))\"; exit 3\n")
+            .write_all(b"tty; stty size; echo \"answer=$((6*7))\"; exit 3\n")
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(15);
         while child.try_wait().unwrap().is_none() {
@@ -245,6 +251,8 @@ async fn an_interactive_session_runs_through_a_real_pty() {
     // The remote shell's tty is a PTY; it ran the line and its exit status came back.
     assert!(stdout.contains("/dev/pts/"), "{stdout}");
     assert!(stdout.contains("answer=42"), "{stdout}");
+    // `script`'s own stdin is a pipe, so its terminal has no size: the client sends 80x24.
+    assert!(stdout.contains("24 80"), "{stdout}");
     assert_eq!(
         out.status.code(),
         Some(3),
@@ -325,4 +333,78 @@ async fn an_idle_session_is_closed_and_an_open_one_keeps_its_instance() {
         || async { instances(&gw).await.is_empty() },
     )
     .await;
+}
+
+/// Runs a tmux command on the test's own server socket; returns stdout.
+fn tmux(socket: &str, args: &[&str]) -> String {
+    let out = Command::new("tmux")
+        .args(["-L", socket, "-f", "/dev/null"])
+        .args(args)
+        .output()
+        .expect("tmux is installed");
+    assert!(out.status.success(), "tmux {args:?}: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// Waits until the tmux pane shows `want`; returns the pane.
+async fn pane_shows(socket: &str, want: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pane = tmux(socket, &["capture-pane", "-p", "-t", "exec"]);
+        if pane.contains(want) {
+            return pane;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pane never showed {want:?}:\n{pane}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn window_size_changes_reach_the_session() {
+    let gw = start("5m", "");
+    let (id, _, _) = one_instance(&gw).await;
+    let line = interactive_exec_line(&gw, &id);
+    let socket = format!("fngate-exec-{}", std::process::id());
+    let shell = format!("FNGATE_ADMIN_TOKEN={ADMIN_TOKEN} {line}; echo \"exec-exit=$?\"; sleep 30");
+    tmux(
+        &socket,
+        &[
+            "new-session",
+            "-d",
+            "-s",
+            "exec",
+            "-x",
+            "100",
+            "-y",
+            "30",
+            &shell,
+        ],
+    );
+    struct Server(String);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = Command::new("tmux")
+                .args(["-L", &self.0, "kill-server"])
+                .output();
+        }
+    }
+    let _server = Server(socket.clone());
+    tmux(
+        &socket,
+        &["send-keys", "-t", "exec", "echo ready-$((1+1))", "Enter"],
+    );
+    pane_shows(&socket, "ready-2").await;
+    tmux(&socket, &["send-keys", "-t", "exec", "stty size", "Enter"]);
+    pane_shows(&socket, "30 100").await;
+    tmux(
+        &socket,
+        &["resize-window", "-t", "exec", "-x", "120", "-y", "40"],
+    );
+    tmux(&socket, &["send-keys", "-t", "exec", "stty size", "Enter"]);
+    pane_shows(&socket, "40 120").await;
+    tmux(&socket, &["send-keys", "-t", "exec", "exit 5", "Enter"]);
+    pane_shows(&socket, "exec-exit=5").await;
 }
