@@ -408,3 +408,56 @@ async fn window_size_changes_reach_the_session() {
     tmux(&socket, &["send-keys", "-t", "exec", "exit 5", "Enter"]);
     pane_shows(&socket, "exec-exit=5").await;
 }
+
+/// Pids of processes whose command line is exactly `argv` (NUL-separated).
+fn pids_running(argv: &[u8]) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == argv))
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn session_commands_end_with_the_gateway() {
+    for signal in [rustix::process::Signal::TERM, rustix::process::Signal::KILL] {
+        let mut gw = start("5m", "");
+        let (id, _, _) = one_instance(&gw).await;
+        // A distinct argument, so this test finds only its own sleep.
+        let arg = format!(
+            "{}.{}",
+            40 + (signal == rustix::process::Signal::KILL) as u32,
+            std::process::id() % 1000
+        );
+        let argv = format!("sleep\0{arg}\0").into_bytes();
+        let mut c = exec_cmd(
+            &gw,
+            Some(ADMIN_TOKEN),
+            &format!("demo/p/{id}"),
+            &["sleep", &arg],
+        );
+        let session = tokio::task::spawn_blocking(move || c.stdin(Stdio::null()).output().unwrap());
+        let mut found = Vec::new();
+        eventually("the session's command runs", Duration::from_secs(5), || {
+            found = pids_running(&argv);
+            let ok = found.len() == 1;
+            async move { ok }
+        })
+        .await;
+        let gw_pid = rustix::process::Pid::from_raw(gw.child.id() as i32).unwrap();
+        rustix::process::kill_process(gw_pid, signal).unwrap();
+        let out = session.await.unwrap();
+        assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
+        eventually(
+            "the session's command is gone",
+            Duration::from_secs(5),
+            || {
+                let gone = pids_running(&argv).is_empty();
+                async move { gone }
+            },
+        )
+        .await;
+        gw.kill();
+    }
+}
