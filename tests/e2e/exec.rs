@@ -263,7 +263,10 @@ async fn an_interactive_session_runs_through_a_real_pty() {
 
 #[tokio::test]
 async fn an_idle_session_is_closed_and_an_open_one_keeps_its_instance() {
-    let gw = start("1s", "[server.exec]\nidle_timeout = \"1500ms\"");
+    let gw = start(
+        "1s",
+        "[server.exec]\nidle_timeout = \"1500ms\"\nmax_sessions = 1",
+    );
     let (id, pid, _) = one_instance(&gw).await;
     let target = format!("demo/p/{id}");
     // Output every 500 ms keeps the session open for 3 s, twice the instance's idle timeout.
@@ -287,6 +290,13 @@ async fn an_idle_session_is_closed_and_an_open_one_keeps_its_instance() {
     assert_eq!(list[0]["pid"].as_u64(), Some(pid));
     assert_eq!(list[0]["sessions"], 1, "{list:#?}");
     assert!(list[0]["idle_s"].is_null(), "{list:#?}");
+    // One session is the cap here: a second is refused while the first is open.
+    let out = exec(&gw, Some(ADMIN_TOKEN), &target, &["true"], b"").await;
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("503") && err.contains("server.exec.max_sessions"),
+        "{err}"
+    );
     let out = session.await.unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "1\n2\n3\n4\n5\n6\n");
