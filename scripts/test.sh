@@ -17,6 +17,9 @@ command -v nats-server >/dev/null || [ -n "${FNGATE_NATS_SERVER:-}" ] || need_ap
 need_apt_lean=()
 for bin in radosgw ceph-mon ceph-osd; do command -v "$bin" >/dev/null || need_apt_lean+=("$bin"); done
 command -v uuidgen >/dev/null || need_apt_lean+=(uuid-runtime)
+# Instance-login tests drive interactive sessions through `script` (util-linux, in bsdutils) and tmux.
+command -v script >/dev/null || need_apt_lean+=(bsdutils)
+command -v tmux >/dev/null || need_apt_lean+=(tmux)
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || [ -n "${FNGATE_RABBITMQ_SERVER:-}" ] || need_apt_lean+=(rabbitmq-server)
 # tests/e2e/prometheus.rs starts its own Prometheus (2.42) on a free port; without recommends,
 # which would add prometheus-node-exporter and its service.

@@ -6,6 +6,7 @@
 //! upstream client) → `telemetry`. `instances` runs the processes the scheduler asks for.
 //! `config` compiles the TOML file into the snapshot held by `state`; `admin` serves operators.
 //! `events` turns object-storage notifications into async tasks (`POST /events/{source}`).
+//! `exec` is instance login: a shell in a process instance over the admin listener.
 
 pub mod admin;
 pub mod backend;
@@ -13,6 +14,7 @@ pub mod body;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod exec;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod instances;

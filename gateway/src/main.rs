@@ -1,4 +1,5 @@
-//! The `fngate` command line: `serve` runs the gateway, `check` validates a configuration.
+//! The `fngate` command line: `serve` runs the gateway, `check` validates a configuration,
+//! `exec` logs in to a running process instance.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -28,6 +29,25 @@ enum Command {
         #[arg(long, short, env = "FNGATE_CONFIG")]
         config: PathBuf,
     },
+    /// Run a command (default: a shell) in a running process instance, in its working directory
+    /// with its environment; exits with the command's status (255 if the session fails).
+    Exec {
+        /// The admin listener, e.g. https://127.0.0.1:9443.
+        #[arg(long)]
+        admin: String,
+        /// The admin token.
+        #[arg(long, env = "FNGATE_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// PEM file of the CA that signed the admin certificate (the generated one is
+        /// data_dir/tls/ca.pem).
+        #[arg(long, env = "FNGATE_CACERT")]
+        cacert: PathBuf,
+        /// service/function/instance-id (GET /admin/functions/{service}/{function}/instances).
+        target: String,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -46,6 +66,35 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Exec {
+            admin,
+            token,
+            cacert,
+            target,
+            command,
+        } => {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the async runtime: {e}");
+                    return ExitCode::from(255);
+                }
+            };
+            let opts = fngate::exec::client::Options {
+                admin,
+                token,
+                cacert,
+                target,
+                command,
+            };
+            let code = rt.block_on(fngate::exec::client::run(opts));
+            // A read of stdin may still be parked on a blocking thread: do not wait for it.
+            rt.shutdown_background();
+            ExitCode::from(u8::try_from(code).unwrap_or(255))
+        }
         Command::Serve { config } => {
             init_logging();
             let cfg = match fngate::config::load(&config) {

@@ -64,6 +64,8 @@ pub struct Gateway {
     pub launcher: Arc<ProcessLauncher>,
     /// The async queue's dispatcher (and through it the task store), once opened at start-up.
     pub tasks: std::sync::OnceLock<Arc<crate::invoker::dispatch::Dispatcher>>,
+    /// Instance-login sessions open now (bounded by `server.exec.max_sessions`).
+    pub exec_sessions: crate::exec::Sessions,
     /// Log sinks live across generations (a kept file path keeps its writer).
     sinks: SinkRegistry,
     generation: AtomicU64,
@@ -108,6 +110,7 @@ impl Gateway {
             node,
             launcher,
             tasks: std::sync::OnceLock::new(),
+            exec_sessions: crate::exec::Sessions::default(),
             sinks,
             generation: AtomicU64::new(1),
             reload_lock: std::sync::Mutex::new(()),

@@ -8,6 +8,7 @@ mod dashboard;
 mod event_amqp;
 mod event_brokers;
 mod events;
+mod exec;
 mod forwarding;
 mod harness;
 mod instances;

@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering;
 
 pub async fn handle(
     gw: Arc<Gateway>,
-    _conn: ConnInfo,
+    conn: ConnInfo,
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let rid = telemetry::next_request_id();
@@ -42,6 +42,11 @@ pub async fn handle(
             rid.as_str(),
         )
         .await
+    } else if authed
+        && req.method() == Method::GET
+        && crate::exec::target(req.uri().path()).is_some()
+    {
+        crate::exec::accept(&gw, conn, req, rid.as_str())
     } else if let Some(id) = authed.then(|| provisioned_target_path(&req)).flatten() {
         set_provisioned(&gw, &id, req, rid.as_str()).await
     } else {

@@ -44,6 +44,10 @@ pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
 pub const DEFAULT_MAX_H2_STREAMS: u32 = 256;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// An instance-login session with no input and no output for this long is closed.
+pub const DEFAULT_EXEC_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Instance-login sessions open at once.
+pub const DEFAULT_EXEC_MAX_SESSIONS: u64 = 16;
 pub const DEFAULT_PLUGIN_TIMEOUT: Duration = Duration::from_millis(5);
 pub const MAX_PLUGIN_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_PLUGIN_MEMORY: u64 = 16 * 1024 * 1024;
@@ -409,6 +413,16 @@ pub struct ServerSettings {
     pub admin_token: Option<Secret>,
     pub data_dir: PathBuf,
     pub limits: Limits,
+    pub exec: ExecSettings,
+}
+
+/// Instance login (`[server.exec]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecSettings {
+    /// A session with no input and no output for this long is closed.
+    pub idle_timeout: Duration,
+    /// Sessions open at once across the gateway; more are refused with 503.
+    pub max_sessions: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

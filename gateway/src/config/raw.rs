@@ -38,6 +38,16 @@ pub struct RawServer {
     pub data_dir: Option<String>,
     #[serde(default)]
     pub limits: RawLimits,
+    #[serde(default)]
+    pub exec: RawExec,
+}
+
+/// `[server.exec]`: instance login (`fngate exec`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExec {
+    pub idle_timeout: Option<String>,
+    pub max_sessions: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -850,6 +850,22 @@ fn compile_server(cx: &mut Ctx<'_>, s: &RawServer) -> Option<ServerSettings> {
         ),
     };
 
+    let exec = ExecSettings {
+        idle_timeout: cx.duration(
+            "server.exec.idle_timeout".into(),
+            &s.exec.idle_timeout,
+            DEFAULT_EXEC_IDLE_TIMEOUT,
+            Duration::from_secs(7 * 24 * 3600),
+        ),
+        max_sessions: cx.count(
+            "server.exec.max_sessions".into(),
+            s.exec.max_sessions,
+            DEFAULT_EXEC_MAX_SESSIONS,
+            1,
+            1024,
+        ) as usize,
+    };
+
     let (listen, admin_listen) = (listen?, admin_listen?);
     let mut seen = vec![
         ("server.listen", listen),
@@ -874,6 +890,7 @@ fn compile_server(cx: &mut Ctx<'_>, s: &RawServer) -> Option<ServerSettings> {
         admin_token,
         data_dir,
         limits,
+        exec,
     })
 }
 

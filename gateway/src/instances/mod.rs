@@ -8,6 +8,9 @@
 //! each process from spawn to reaping.
 
 mod probe;
+mod session;
+
+pub use session::{ExecContext, ExecEnv, Pty, SessionChild, SessionIo};
 
 use crate::config::ProcessSpec;
 use crate::scheduler::{ColdStart, FunctionRuntime, Gone, Instance, Launcher};
@@ -52,21 +55,45 @@ pub struct ProcessLauncher {
     closing: AtomicBool,
     /// Process groups alive now, for the last-resort kill at shutdown.
     groups: Groups,
+    /// Each live instance's working directory and environment, for instance login.
+    contexts: Contexts,
 }
 
-/// The output rings of live instances.
-#[derive(Debug, Clone, Default)]
-struct Outputs(Arc<Mutex<HashMap<Arc<str>, Arc<OutputRing>>>>);
+/// Something kept for each live instance, by instance id.
+#[derive(Debug)]
+struct ByInstance<T>(Arc<Mutex<HashMap<Arc<str>, Arc<T>>>>);
 
-impl Outputs {
-    fn set(&self, id: &Arc<str>, ring: Option<Arc<OutputRing>>) {
+impl<T> Clone for ByInstance<T> {
+    fn clone(&self) -> Self {
+        ByInstance(self.0.clone())
+    }
+}
+
+impl<T> Default for ByInstance<T> {
+    fn default() -> Self {
+        ByInstance(Arc::default())
+    }
+}
+
+impl<T> ByInstance<T> {
+    fn set(&self, id: &Arc<str>, v: Option<Arc<T>>) {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        match ring {
-            Some(r) => m.insert(id.clone(), r),
+        match v {
+            Some(v) => m.insert(id.clone(), v),
             None => m.remove(id),
         };
     }
+
+    fn get(&self, id: &str) -> Option<Arc<T>> {
+        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(id).cloned()
+    }
 }
+
+/// The output rings of live instances.
+type Outputs = ByInstance<OutputRing>;
+/// The live instances' login contexts.
+type Contexts = ByInstance<ExecContext>;
 
 /// An instance's latest output lines, numbered, so a request can take the lines printed since it
 /// started on the instance. Written by the capture tasks; read only by tail requests.
@@ -189,6 +216,7 @@ impl ProcessLauncher {
             tasks: TaskTracker::new(),
             closing: AtomicBool::new(false),
             groups: Groups::default(),
+            contexts: Contexts::default(),
         })
     }
 
@@ -200,8 +228,13 @@ impl ProcessLauncher {
 
     /// The recent output of a live process instance (none for static endpoints).
     pub fn output(&self, instance: &str) -> Option<Arc<OutputRing>> {
-        let m = self.outputs.0.lock().unwrap_or_else(|e| e.into_inner());
-        m.get(instance).cloned()
+        self.outputs.get(instance)
+    }
+
+    /// The working directory and environment of a live process instance (none for static
+    /// endpoints and instances that have stopped).
+    pub fn exec_context(&self, instance: &str) -> Option<Arc<ExecContext>> {
+        self.contexts.get(instance)
     }
 
     /// Waits for every supervised process to be stopped and reaped (the caller has asked each
@@ -238,8 +271,9 @@ impl Launcher for ProcessLauncher {
         let log = self.log.clone();
         let groups = self.groups.clone();
         let outputs = self.outputs.clone();
+        let contexts = self.contexts.clone();
         self.tasks.spawn(async move {
-            supervise(log, groups, outputs, function, inst, spec).await;
+            supervise(log, groups, outputs, contexts, function, inst, spec).await;
         });
     }
 }
@@ -249,6 +283,7 @@ async fn supervise(
     log: Arc<ArcSwap<LogSink>>,
     groups: Groups,
     outputs: Outputs,
+    contexts: Contexts,
     function: Arc<FunctionRuntime>,
     inst: Arc<Instance>,
     spec: Arc<ProcessSpec>,
@@ -270,7 +305,8 @@ async fn supervise(
         .parse()
         .expect("loopback authority parses");
     inst.set_authority(authority);
-    let mut child = match spawn(&spec, &fid, &inst, port) {
+    let env = instance_env(&spec, &fid, &inst, port);
+    let mut child = match spawn(&spec, &env) {
         Ok(c) => c,
         Err(e) => {
             function.instance_gone(
@@ -286,6 +322,13 @@ async fn supervise(
     let spawn_time = t0.elapsed();
     let tail = Arc::new(OutputRing::default());
     outputs.set(&inst.id, Some(tail.clone()));
+    contexts.set(
+        &inst.id,
+        Some(Arc::new(ExecContext {
+            cwd: spec.cwd.clone(),
+            env,
+        })),
+    );
     let who = Source {
         function: fid.clone(),
         service,
@@ -353,6 +396,7 @@ async fn supervise(
     signal_group(pid, rustix::process::Signal::KILL);
     groups.set(pid, false);
     outputs.set(&inst.id, None);
+    contexts.set(&inst.id, None);
     let gone = match gone {
         Gone::Exited(msg) => Gone::Exited(format!("{msg}{}", last_output(&tail))),
         g => g,
@@ -481,7 +525,7 @@ async fn stop(child: &mut Child, pid: u32, grace: Duration) {
     }
 }
 
-fn signal_group(pgid: u32, sig: rustix::process::Signal) {
+pub(crate) fn signal_group(pgid: u32, sig: rustix::process::Signal) {
     if let Some(pid) = i32::try_from(pgid)
         .ok()
         .and_then(rustix::process::Pid::from_raw)
@@ -498,12 +542,30 @@ fn free_port() -> std::io::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-#[allow(unsafe_code)]
-fn spawn(spec: &ProcessSpec, function: &str, inst: &Instance, port: u16) -> std::io::Result<Child> {
+/// The environment fngate gives an instance: the inherited base variables, the function's env,
+/// the port, the instance's identity and its GPU share.
+fn instance_env(spec: &ProcessSpec, function: &str, inst: &Instance, port: u16) -> ExecEnv {
+    let mut env: ExecEnv = crate::config::BASE_ENV
+        .iter()
+        .filter_map(|name| std::env::var_os(name).map(|v| ((*name).into(), v)))
+        .collect();
+    env.extend(spec.env.iter().map(|(k, v)| (k.into(), v.into())));
+    env.push((spec.port_env.clone().into(), port.to_string().into()));
+    env.push(("FNGATE_FUNCTION".into(), function.into()));
+    env.push(("FNGATE_INSTANCE_ID".into(), (*inst.id).into()));
+    env.push(("FNGATE_INSTANCE_KIND".into(), inst.kind().as_str().into()));
+    if let Some(share) = &inst.gpu {
+        env.extend(share.env().into_iter().map(|(k, v)| (k.into(), v.into())));
+    }
+    env
+}
+
+fn spawn(spec: &ProcessSpec, env: &ExecEnv) -> std::io::Result<Child> {
     let mut cmd = Command::new(&spec.command[0]);
     cmd.args(&spec.command[1..])
         .current_dir(&spec.cwd)
         .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -511,23 +573,24 @@ fn spawn(spec: &ProcessSpec, function: &str, inst: &Instance, port: u16) -> std:
         .process_group(0)
         // A safety net: if the supervising task is dropped, the child is killed.
         .kill_on_drop(true);
-    for name in crate::config::BASE_ENV {
-        if let Some(v) = std::env::var_os(name) {
-            cmd.env(name, v);
-        }
-    }
-    cmd.envs(&spec.env)
-        .env(&spec.port_env, port.to_string())
-        .env("FNGATE_FUNCTION", function)
-        .env("FNGATE_INSTANCE_ID", &*inst.id)
-        .env("FNGATE_INSTANCE_KIND", inst.kind().as_str());
-    if let Some(share) = &inst.gpu {
-        cmd.envs(share.env());
-    }
-    // SAFETY: the closure runs in the child between fork and exec and only makes two
-    // async-signal-safe system calls (prctl, getppid); it allocates nothing and takes no locks.
+    die_with_gateway(&mut cmd, false);
+    cmd.spawn()
+}
+
+/// Makes the child die when the gateway does; with `login_tty`, the child also starts a session
+/// whose controlling terminal is its stdin (a PTY slave).
+#[allow(unsafe_code)]
+fn die_with_gateway(cmd: &mut Command, login_tty: bool) {
+    // SAFETY: the closure runs in the child between fork and exec and only makes
+    // async-signal-safe system calls (setsid, ioctl, prctl, getppid); it allocates nothing and
+    // takes no locks. fd 0 is open in the child (std set up stdin before running the hook).
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
+            if login_tty {
+                rustix::process::setsid()?;
+                // fd 0 is the PTY slave (the command's stdin) by now.
+                rustix::process::ioctl_tiocsctty(std::os::fd::BorrowedFd::borrow_raw(0))?;
+            }
             // If the gateway dies without stopping its instances (SIGKILL), the kernel ends them.
             rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
             // The gateway may have died between fork and prctl: then nobody would send it.
@@ -537,7 +600,6 @@ fn spawn(spec: &ProcessSpec, function: &str, inst: &Instance, port: u16) -> std:
             Ok(())
         });
     }
-    cmd.spawn()
 }
 
 /// Whose output a capture task reads.

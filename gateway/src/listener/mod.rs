@@ -15,7 +15,6 @@ use crate::invoker::ConnInfo;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulConnection;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -109,15 +108,22 @@ pub async fn serve<H, F>(
                         Ok(Ok(s)) => {
                             let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
                             let io = Tracked::new(s, activity.clone());
-                            serve_conn(io, h2, false, conn, &limits, activity, shutdown, handler)
-                                .await;
+                            // The admin listener upgrades HTTP/1.1 to WebSocket (instance login).
+                            let upgrades = matches!(kind, ListenerKind::Admin);
+                            serve_conn(
+                                io, h2, false, upgrades, conn, &limits, activity, shutdown, handler,
+                            )
+                            .await;
                         }
                         _ => handshake_failed.increment(1),
                     }
                 }
                 None => {
                     let io = Tracked::new(stream, activity.clone());
-                    serve_conn(io, false, true, conn, &limits, activity, shutdown, handler).await;
+                    serve_conn(
+                        io, false, true, false, conn, &limits, activity, shutdown, handler,
+                    )
+                    .await;
                 }
             }
             open.decrement(1.0);
@@ -130,6 +136,7 @@ async fn serve_conn<IO, H, F>(
     io: IO,
     h2: bool,
     sniff: bool,
+    upgrades: bool,
     info: ConnInfo,
     limits: &Limits,
     activity: Arc<Activity>,
@@ -164,7 +171,7 @@ async fn serve_conn<IO, H, F>(
             .max_header_list_size(limits.max_header_bytes as u32)
             .keep_alive_interval(Some(Duration::from_secs(30)));
         let conn = b.serve_connection(io, service);
-        drive(conn, limits, &activity, shutdown).await;
+        drive(conn, |c| c.graceful_shutdown(), limits, &activity, shutdown).await;
     } else if h2 {
         let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new())
@@ -172,26 +179,32 @@ async fn serve_conn<IO, H, F>(
             .max_header_list_size(limits.max_header_bytes as u32)
             .keep_alive_interval(Some(Duration::from_secs(30)));
         let conn = b.serve_connection(io, service);
-        drive(conn, limits, &activity, shutdown).await;
+        drive(conn, |c| c.graceful_shutdown(), limits, &activity, shutdown).await;
     } else {
         let mut b = hyper::server::conn::http1::Builder::new();
         b.timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
             .max_headers(limits.max_headers)
             .max_header_size(limits.max_header_bytes);
-        let conn = b.serve_connection(io, service);
-        drive(conn, limits, &activity, shutdown).await;
+        if upgrades {
+            let conn = b.serve_connection(io, service).with_upgrades();
+            drive(conn, |c| c.graceful_shutdown(), limits, &activity, shutdown).await;
+        } else {
+            let conn = b.serve_connection(io, service);
+            drive(conn, |c| c.graceful_shutdown(), limits, &activity, shutdown).await;
+        }
     }
 }
 
 /// Runs a connection to completion, closing it gracefully on shutdown or when idle.
-async fn drive<C>(
+async fn drive<C, E>(
     conn: C,
+    graceful_shutdown: impl Fn(Pin<&mut C>),
     limits: &Limits,
     activity: &Activity,
     mut shutdown: watch::Receiver<bool>,
 ) where
-    C: GracefulConnection,
+    C: Future<Output = Result<(), E>>,
 {
     tokio::pin!(conn);
     let mut closing = false;
@@ -203,14 +216,14 @@ async fn drive<C>(
             r = shutdown.changed(), if !closing => {
                 if r.is_err() || *shutdown.borrow() {
                     closing = true;
-                    conn.as_mut().graceful_shutdown();
+                    graceful_shutdown(conn.as_mut());
                 }
             }
             _ = check.as_mut(), if !closing => {
                 let idle = activity.idle_for();
                 if activity.active() == 0 && idle >= limits.idle_timeout {
                     closing = true;
-                    conn.as_mut().graceful_shutdown();
+                    graceful_shutdown(conn.as_mut());
                 } else {
                     let wait = limits.idle_timeout.saturating_sub(idle).max(Duration::from_millis(100));
                     check.as_mut().reset(tokio::time::Instant::now() + wait);

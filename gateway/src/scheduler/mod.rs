@@ -115,6 +115,8 @@ pub struct Instance {
     /// Fair shares of busy time between overlapping requests (`crate::metering`); locked only
     /// under the function lock.
     clock: Mutex<ShareClock>,
+    /// Instance-login sessions open on it: it is busy, and not reclaimed for idleness, while any is.
+    sessions: AtomicU32,
 }
 
 impl Instance {
@@ -139,6 +141,7 @@ impl Instance {
             managed,
             stop: Notify::new(),
             clock: Mutex::new(ShareClock::new(Instant::now())),
+            sessions: AtomicU32::new(0),
         }
     }
 
@@ -155,6 +158,22 @@ impl Instance {
 
     pub fn busy(&self) -> u32 {
         self.busy.load(Ordering::Relaxed)
+    }
+
+    /// Instance-login sessions open now.
+    pub fn sessions(&self) -> u32 {
+        self.sessions.load(Ordering::Relaxed)
+    }
+
+    /// Marks a login session open until the guard drops; the instance's idle time restarts then.
+    pub fn hold_for_session(self: &Arc<Self>) -> SessionHold {
+        self.sessions.fetch_add(1, Ordering::Relaxed);
+        SessionHold(self.clone())
+    }
+
+    /// No requests in flight and no login session open.
+    fn idle(&self) -> bool {
+        self.busy() == 0 && self.sessions() == 0
     }
 
     pub fn kind(&self) -> InstanceKind {
@@ -901,7 +920,7 @@ impl FunctionRuntime {
                 for inst in &g.instances {
                     if inst.kind() == InstanceKind::OnDemand
                         && inst.state() == InstanceState::Ready
-                        && inst.busy() == 0
+                        && inst.idle()
                         && now_m.saturating_sub(inst.idle_since_ms.load(Ordering::Relaxed))
                             >= idle_ms
                     {
@@ -1052,6 +1071,11 @@ impl FunctionRuntime {
         )
     }
 
+    /// One of this function's instances by id.
+    pub fn instance(&self, id: &str) -> Option<Arc<Instance>> {
+        self.lock().instances.iter().find(|i| &*i.id == id).cloned()
+    }
+
     /// A consistent picture for the admin API.
     pub fn snapshot(&self) -> FunctionState {
         let spec = self.spec.load();
@@ -1077,6 +1101,7 @@ impl FunctionRuntime {
                         kind: i.kind(),
                         state,
                         busy: i.busy(),
+                        sessions: i.sessions(),
                         concurrency: spec.instance_concurrency,
                         pid: i.pid(),
                         gpu: i.gpu.as_ref().map(|s| GpuState {
@@ -1086,7 +1111,7 @@ impl FunctionRuntime {
                             fraction: s.fraction(),
                         }),
                         age_s: i.created.elapsed().as_secs_f64(),
-                        idle_s: (state == InstanceState::Ready && i.busy() == 0).then(|| {
+                        idle_s: (state == InstanceState::Ready && i.idle()).then(|| {
                             now_m.saturating_sub(i.idle_since_ms.load(Ordering::Relaxed)) as f64
                                 / 1000.0
                         }),
@@ -1184,6 +1209,17 @@ pub struct FunctionState {
     pub instances: Vec<InstanceInfo>,
 }
 
+/// Keeps an instance counted busy while a login session is open on it.
+#[derive(Debug)]
+pub struct SessionHold(Arc<Instance>);
+
+impl Drop for SessionHold {
+    fn drop(&mut self) {
+        self.0.idle_since_ms.store(now_ms(), Ordering::Relaxed);
+        self.0.sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// One instance as the admin API shows it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct InstanceInfo {
@@ -1192,6 +1228,8 @@ pub struct InstanceInfo {
     pub kind: InstanceKind,
     pub state: InstanceState,
     pub busy: u32,
+    /// Instance-login sessions open on it (each keeps it busy).
+    pub sessions: u32,
     pub concurrency: u32,
     pub pid: Option<u32>,
     pub gpu: Option<GpuState>,
