@@ -53,6 +53,9 @@ echo "== fmt";    cargo fmt --all -- --check
 echo "== deps";   if cargo tree --workspace --target all -i ring 2>/dev/null | grep -q "^ring"; then
     echo "ring is in the dependency tree; rustls must use aws-lc-rs only"; exit 1
 fi
+# Licenses, bans (ring) and sources per deny.toml; offline (advisories need the network).
+command -v cargo-deny >/dev/null || cargo install --locked cargo-deny
+cargo deny --offline check bans licenses sources
 echo "== clippy"; cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== build";  cargo build --workspace --locked
 # Cargo.lock lists ring only because rustls-webpki's `alloc` feature names the weak dependency
