@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./plugins/build.sh >/dev/null
 cargo build --workspace --locked
-bin=target/debug
+bin="$(cd "${CARGO_TARGET_DIR:-target}/debug" && pwd)"
 data=target/demo-data
 mkdir -p "$data"
 
@@ -15,7 +15,7 @@ mkdir -p "$data"
 export FNGATE_DEMO_EVENT_TOKEN="${FNGATE_DEMO_EVENT_TOKEN:-demo-event-token-0123456789}"
 
 # demo/model's instances are started by fngate from PATH.
-export PATH="$PWD/$bin:$PATH"
+export PATH="$bin:$PATH"
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
