@@ -518,67 +518,11 @@ pub fn parse_time(s: &str) -> Result<i64, String> {
             .parse::<i64>()
             .map_err(|_| format!("`{s}` is out of range"));
     }
-    let bad =
-        || format!("`{s}` is neither unix seconds nor an RFC 3339 time (2026-11-25T10:00:00Z)");
-    let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
-        return Err(bad());
-    }
-    if b[13] != b':' || b[16] != b':' {
-        return Err(bad());
-    }
-    let num = |r: std::ops::Range<usize>| -> Result<i64, String> {
-        let t = &s[r];
-        if t.bytes().all(|c| c.is_ascii_digit()) {
-            t.parse().map_err(|_| bad())
-        } else {
-            Err(bad())
-        }
-    };
-    let (y, mo, d, h, mi, sec) = (
-        num(0..4)?,
-        num(5..7)?,
-        num(8..10)?,
-        num(11..13)?,
-        num(14..16)?,
-        num(17..19)?,
-    );
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
-        return Err(bad());
-    }
-    let mut rest = &s[19..];
-    if let Some(frac) = rest.strip_prefix('.') {
-        let n = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if n == 0 {
-            return Err(bad());
-        }
-        rest = &frac[n..];
-    }
-    let offset = match rest {
-        "Z" | "z" => 0,
-        o if o.len() == 6 && matches!(&o[..1], "+" | "-") && &o[3..4] == ":" => {
-            let oh = num(s.len() - 5..s.len() - 3)?;
-            let om = num(s.len() - 2..s.len())?;
-            if oh > 23 || om > 59 {
-                return Err(bad());
-            }
-            let v = oh * 3600 + om * 60;
-            if o.starts_with('-') { -v } else { v }
-        }
-        _ => return Err(bad()),
-    };
-    Ok(days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + sec.min(59) - offset)
-}
-
-/// Howard Hinnant's days_from_civil (proleptic Gregorian).
-pub(crate) fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    crate::telemetry::parse_rfc3339(s)
+        .map(|(secs, _)| secs)
+        .ok_or_else(|| {
+            format!("`{s}` is neither unix seconds nor an RFC 3339 time (2026-11-25T10:00:00Z)")
+        })
 }
 
 #[cfg(test)]

@@ -478,6 +478,71 @@ pub fn rfc3339(secs: i64) -> String {
     s
 }
 
+/// An RFC 3339 time (`2026-11-25T10:00:00.123Z`; `t` or a space for `T`, any fraction, `Z` or
+/// `±HH:MM`) as Unix seconds and nanoseconds. The admin API's time bounds and the OTLP log
+/// exporter (reading back the `ts` of a line) both parse with it.
+pub fn parse_rfc3339(s: &str) -> Option<(i64, u32)> {
+    let b = s.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let t = s.get(r)?;
+        t.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| t.parse().ok())?
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut rest = s.get(19..)?;
+    let mut nanos = 0u32;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let n = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if n == 0 {
+            return None;
+        }
+        // Nanoseconds from the first nine digits; finer digits are dropped.
+        let digits = &frac[..n.min(9)];
+        nanos = digits.parse::<u32>().ok()? * 10u32.pow(9 - digits.len() as u32);
+        rest = &frac[n..];
+    }
+    let offset = match rest.as_bytes() {
+        b"Z" | b"z" => 0,
+        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+            let (oh, om) = (num(s.len() - 5..s.len() - 3)?, num(s.len() - 2..s.len())?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let v = oh * 3600 + om * 60;
+            if *sign == b'-' { -v } else { v }
+        }
+        _ => return None,
+    };
+    // A leap second (:60) is read as :59.
+    let secs = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + sec.min(59) - offset;
+    Some((secs, nanos))
+}
+
+/// Howard Hinnant's days_from_civil (proleptic Gregorian): days since 1970-01-01.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// `YYYY-MM-DDTHH:MM:SS` of a Unix second.
 fn rfc3339_second(secs: i64) -> String {
     let days = secs.div_euclid(86_400);
@@ -528,6 +593,34 @@ mod tests {
         assert_eq!(rfc3339_second(0), "1970-01-01T00:00:00");
         assert_eq!(rfc3339_second(951_782_400), "2000-02-29T00:00:00");
         assert_eq!(rfc3339_second(1_795_996_799), "2026-11-29T23:59:59");
+    }
+
+    #[test]
+    fn rfc3339_parses_back() {
+        for secs in [0, 951_782_400, 1_795_996_799] {
+            assert_eq!(parse_rfc3339(&rfc3339(secs)), Some((secs, 0)));
+        }
+        assert_eq!(
+            parse_rfc3339("2000-02-29T00:00:01.5Z"),
+            Some((951_782_401, 500_000_000))
+        );
+        assert_eq!(
+            parse_rfc3339("2000-02-29T00:00:01.1234567891Z"),
+            Some((951_782_401, 123_456_789))
+        );
+        assert_eq!(
+            parse_rfc3339("2026-11-25T11:30:00+01:30"),
+            Some((1_795_600_800, 0))
+        );
+        for bad in [
+            "",
+            "x",
+            "2026-11-25T10:00:00.Z",
+            "2026-11-25T10:00:00",
+            "2026-11-25T10:00:00+1:00",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -666,24 +666,10 @@ fn push_attr(out: &mut Vec<KeyValue>, key: &str, v: &serde_json::Value) {
 
 /// `2026-11-25T10:00:00.123Z` (what `rfc3339_now` writes) → Unix nanoseconds.
 fn parse_rfc3339(s: &str) -> Option<u64> {
-    let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || !s.ends_with('Z') {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let frac = s.get(19..s.len() - 1)?;
-    let nanos = match frac.strip_prefix('.') {
-        Some(f) if !f.is_empty() && f.len() <= 9 => {
-            f.parse::<u64>().ok()? * 10u64.pow(9 - f.len() as u32)
-        }
-        None if frac.is_empty() => 0,
-        _ => return None,
-    };
-    let days = crate::metering::days_from_civil(y, m, d);
-    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
-    u64::try_from(secs).ok().map(|s| s * 1_000_000_000 + nanos)
+    let (secs, nanos) = super::parse_rfc3339(s)?;
+    u64::try_from(secs)
+        .ok()
+        .map(|s| s * 1_000_000_000 + u64::from(nanos))
 }
 
 #[cfg(test)]
@@ -700,7 +686,7 @@ mod tests {
         let now = super::super::rfc3339_now();
         let parsed = parse_rfc3339(&now).unwrap();
         assert!(now_nanos().abs_diff(parsed) < 2_000_000_000, "{now}");
-        for bad in ["", "2026-11-25 10:00:00Z", "2026-11-25T10:00:00.Z", "x"] {
+        for bad in ["", "1969-12-31T23:59:59Z", "2026-11-25T10:00:00.Z", "x"] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
     }
