@@ -387,7 +387,8 @@ async fn rgw_notifications_reach_the_function_once_by_webhook_and_by_amqp() {
     }
     // Every RGW push authenticated (Basic, the token as password) and answered 200.
     let calls: Vec<_> = gw
-        .log_lines()
+        .settled_log_lines()
+        .await
         .into_iter()
         .filter(|l| l["kind"] == "event_webhook")
         .collect();

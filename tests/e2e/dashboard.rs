@@ -155,7 +155,8 @@ async fn overview_counts_requests_errors_latency_and_tasks() {
 
     // The same numbers as the invocation log.
     let logged = gw
-        .log_lines()
+        .settled_log_lines()
+        .await
         .into_iter()
         .filter(|l| l["kind"] == "invocation" && l["function"] == "demo/echo")
         .count();

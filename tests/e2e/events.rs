@@ -376,7 +376,8 @@ async fn webhooks_refuse_bad_credentials_and_bad_bodies() {
     assert!(thumb.seen().is_empty());
     // One log line per webhook call, with its outcome.
     let lines: Vec<serde_json::Value> = gw
-        .log_lines()
+        .settled_log_lines()
+        .await
         .into_iter()
         .filter(|l| l["kind"] == "event_webhook")
         .collect();

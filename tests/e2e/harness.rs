@@ -207,6 +207,22 @@ impl Gateway {
             .collect()
     }
 
+    /// The log lines once the log has settled: sinks write in rounds (up to ~20 ms after a
+    /// line), so a test that reads right after its last request waits until no new line has
+    /// come for 150 ms (at most 5 s).
+    pub async fn settled_log_lines(&self) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut last = self.log_lines();
+        loop {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let now = self.log_lines();
+            if now.len() == last.len() || Instant::now() > deadline {
+                return now;
+            }
+            last = now;
+        }
+    }
+
     /// Waits until a log line with this request id appears.
     pub async fn log_line(&self, request_id: &str) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(5);

@@ -362,7 +362,7 @@ async fn smuggling_attempts_are_refused_or_closed_and_never_forwarded() {
         || async { a.stats().await["in_flight"] == 0 },
     )
     .await;
-    let lines = gw.log_lines();
+    let lines = gw.settled_log_lines().await;
     assert!(
         lines.iter().all(|l| !l.to_string().contains("smuggled")),
         "{lines:?}"

@@ -196,7 +196,7 @@ async fn client_disconnect_cancels_upstream_and_frees_the_slot() {
         let r = gw.get("/echo/after").await;
         assert_eq!(r.status, StatusCode::OK);
     }
-    let lines = gw.log_lines();
+    let lines = gw.settled_log_lines().await;
     let cancelled: Vec<_> = lines.iter().filter(|l| l["status"] == 499).collect();
     assert_eq!(cancelled.len(), 2, "{lines:?}");
     assert!(
