@@ -69,6 +69,7 @@ fn spec(i: usize) -> Arc<FunctionSpec> {
                         .expect("authority"),
                 })
                 .collect(),
+            health: Default::default(),
         },
         gpu: None,
         scaling: ScalingSpec::fixed(ENDPOINTS as u32),

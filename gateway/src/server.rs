@@ -287,7 +287,8 @@ fn spawn_event_sources(gw: Arc<Gateway>) {
 }
 
 /// Drives every function's periodic instance upkeep: scheduled and tracking rules, provisioned
-/// targets, idle reclaim, and starts that were waiting on capacity.
+/// targets, idle reclaim, starts that were waiting on capacity, and the probes of static
+/// endpoints out of rotation.
 fn spawn_instance_upkeep(gw: Arc<Gateway>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(INSTANCE_UPKEEP_INTERVAL);
@@ -298,6 +299,19 @@ fn spawn_instance_upkeep(gw: Arc<Gateway>) {
             let unix = crate::scheduler::unix_now();
             for f in &gw.runtime().functions {
                 f.maintain(now, unix);
+                // Static endpoints out of rotation whose cooldown is over (scheduler::health).
+                for (inst, path, timeout) in f.probes_due() {
+                    let f = f.clone();
+                    tokio::spawn(async move {
+                        let result = match inst.authority() {
+                            Some(a) => {
+                                crate::instances::probe::answers(a.as_str(), &path, timeout).await
+                            }
+                            None => Err("no address".to_string()),
+                        };
+                        f.probe_result(&inst, result);
+                    });
+                }
             }
         }
     });

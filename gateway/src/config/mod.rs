@@ -65,6 +65,15 @@ pub const DEFAULT_READINESS_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_READINESS_FAILURES: u32 = 3;
 pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+/// Consecutive failed calls (connection refused or reset, malformed answer) that take a static
+/// endpoint out of rotation.
+pub const DEFAULT_PASSIVE_FAILURES: u32 = 3;
+/// How long an endpoint taken out of rotation waits before its first probe; doubled after each
+/// failed probe (and after an ejection soon after a recovery), up to the maximum.
+pub const DEFAULT_PASSIVE_COOLDOWN: Duration = Duration::from_secs(5);
+pub const DEFAULT_PASSIVE_MAX_COOLDOWN: Duration = Duration::from_secs(60);
+pub const DEFAULT_PASSIVE_PROBE_PATH: &str = "/";
+pub const DEFAULT_PASSIVE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_TRACKING_WINDOW: Duration = Duration::from_secs(60);
 pub const DEFAULT_ASYNC_MAX_RETRIES: u32 = 3;
 pub const MAX_ASYNC_MAX_RETRIES: u32 = 8;
@@ -488,7 +497,10 @@ impl FunctionSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendSpec {
     /// Fixed upstream endpoints, each one an always-provisioned instance.
-    Static { endpoints: Vec<Endpoint> },
+    Static {
+        endpoints: Vec<Endpoint>,
+        health: PassiveHealth,
+    },
     /// A command fngate runs for each instance it starts.
     Process(Arc<ProcessSpec>),
 }
@@ -513,6 +525,37 @@ pub struct Readiness {
     pub timeout: Duration,
     /// Consecutive failed probes after which a ready instance is removed.
     pub failure_threshold: u32,
+}
+
+/// Passive health of static endpoints: failed calls take an endpoint out of rotation, a probe
+/// brings it back (`crate::scheduler::health`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassiveHealth {
+    /// Consecutive failed calls that take an endpoint out of rotation.
+    pub failures: u32,
+    /// Wait before the first probe of an endpoint out of rotation.
+    pub cooldown: Duration,
+    /// The longest wait between probes, however often they fail.
+    pub max_cooldown: Duration,
+    /// Whether a call that times out counts as failed (by default it does not: a slow model
+    /// is alive, and the function timeout already bounds the call).
+    pub timeouts: bool,
+    /// `GET` this path; any HTTP answer, whatever its status, brings the endpoint back.
+    pub probe_path: String,
+    pub probe_timeout: Duration,
+}
+
+impl Default for PassiveHealth {
+    fn default() -> Self {
+        PassiveHealth {
+            failures: DEFAULT_PASSIVE_FAILURES,
+            cooldown: DEFAULT_PASSIVE_COOLDOWN,
+            max_cooldown: DEFAULT_PASSIVE_MAX_COOLDOWN,
+            timeouts: false,
+            probe_path: DEFAULT_PASSIVE_PROBE_PATH.to_string(),
+            probe_timeout: DEFAULT_PASSIVE_PROBE_TIMEOUT,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

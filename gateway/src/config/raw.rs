@@ -177,6 +177,19 @@ pub struct RawBackend {
     pub readiness: Option<RawReadiness>,
     pub startup_timeout: Option<String>,
     pub stop_grace: Option<String>,
+    /// Static backends: when a failing endpoint is taken out of rotation and probed back.
+    pub passive_health: Option<RawPassiveHealth>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPassiveHealth {
+    pub failures: Option<u64>,
+    pub cooldown: Option<String>,
+    pub max_cooldown: Option<String>,
+    pub timeouts: Option<bool>,
+    pub probe_path: Option<String>,
+    pub probe_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1002,10 +1002,10 @@ fn compile_function(
         compile_gpu_request(cx, &gp, g, sv.gpus)
     });
     let scaling = match (&backend, &f.scaling) {
-        (Some(BackendSpec::Static { endpoints }), None) => {
+        (Some(BackendSpec::Static { endpoints, .. }), None) => {
             ScalingSpec::fixed(endpoints.len() as u32)
         }
-        (Some(BackendSpec::Static { endpoints }), Some(_)) => {
+        (Some(BackendSpec::Static { endpoints, .. }), Some(_)) => {
             cx.err(
                 format!("{fp}.scaling"),
                 "static endpoints are always provisioned instances; scaling applies to process backends",
@@ -1434,7 +1434,71 @@ fn compile_backend(
             Err(m) => cx.err(ep, m),
         }
     }
-    Some(BackendSpec::Static { endpoints })
+    let health = compile_passive_health(cx, bp, b.passive_health.as_ref());
+    Some(BackendSpec::Static { endpoints, health })
+}
+
+fn compile_passive_health(
+    cx: &mut Ctx<'_>,
+    bp: &str,
+    h: Option<&RawPassiveHealth>,
+) -> PassiveHealth {
+    let hp = format!("{bp}.passive_health");
+    let d = PassiveHealth::default();
+    let Some(h) = h else { return d };
+    let probe_path = h.probe_path.clone().unwrap_or(d.probe_path);
+    check_probe_path(cx, format!("{hp}.probe_path"), &probe_path);
+    let cooldown = cx.duration(
+        format!("{hp}.cooldown"),
+        &h.cooldown,
+        d.cooldown,
+        Duration::from_secs(3600),
+    );
+    let max_cooldown = cx.duration(
+        format!("{hp}.max_cooldown"),
+        &h.max_cooldown,
+        d.max_cooldown.max(cooldown),
+        Duration::from_secs(24 * 3600),
+    );
+    if max_cooldown < cooldown {
+        cx.err(
+            format!("{hp}.max_cooldown"),
+            format!(
+                "{} is shorter than cooldown ({})",
+                format_duration(max_cooldown),
+                format_duration(cooldown)
+            ),
+        );
+    }
+    PassiveHealth {
+        failures: cx.count(
+            format!("{hp}.failures"),
+            h.failures,
+            d.failures as u64,
+            1,
+            1000,
+        ) as u32,
+        cooldown,
+        max_cooldown,
+        timeouts: h.timeouts.unwrap_or(d.timeouts),
+        probe_path,
+        probe_timeout: cx.duration(
+            format!("{hp}.probe_timeout"),
+            &h.probe_timeout,
+            d.probe_timeout,
+            Duration::from_secs(600),
+        ),
+    }
+}
+
+/// A probe path goes verbatim into a request line.
+fn check_probe_path(cx: &mut Ctx<'_>, path: String, value: &str) {
+    if !value.starts_with('/') || value.bytes().any(|c| c <= b' ' || c == 0x7f) {
+        cx.err(
+            path,
+            format!("`{value}` must be a path starting with `/`, without spaces"),
+        );
+    }
 }
 
 fn compile_process(
@@ -1447,6 +1511,12 @@ fn compile_process(
         cx.err(
             format!("{bp}.endpoints"),
             "a process backend starts its own instances; endpoints are for kind = \"static\"",
+        );
+    }
+    if b.passive_health.is_some() {
+        cx.err(
+            format!("{bp}.passive_health"),
+            "only static backends take this key; a process instance has its readiness probe",
         );
     }
     let cwd = match &b.cwd {
@@ -1529,12 +1599,7 @@ fn compile_process(
     let path = r
         .and_then(|r| r.path.clone())
         .unwrap_or_else(|| DEFAULT_READINESS_PATH.to_string());
-    if !path.starts_with('/') || path.bytes().any(|c| c <= b' ' || c == 0x7f) {
-        cx.err(
-            format!("{bp}.readiness.path"),
-            format!("`{path}` must be a path starting with `/`, without spaces"),
-        );
-    }
+    check_probe_path(cx, format!("{bp}.readiness.path"), &path);
     let readiness = Readiness {
         path,
         interval: cx.duration(
@@ -2567,6 +2632,64 @@ function = "svc/a"
             );
         }
         assert_eq!(p.len(), expect.len(), "{}", p.join("\n"));
+    }
+
+    #[test]
+    fn passive_health_of_static_endpoints() {
+        let ep = r#"endpoints = ["http://127.0.0.1:9001", "http://127.0.0.1:9002"]"#;
+        let c = compile_with_env(GOOD, &[("ECHO_TOKEN", "s")]).unwrap();
+        let BackendSpec::Static { health, .. } = &c.functions[0].backend else {
+            panic!("static")
+        };
+        assert_eq!(health, &PassiveHealth::default());
+        assert_eq!(health.failures, DEFAULT_PASSIVE_FAILURES);
+        assert!(!health.timeouts);
+        let text = GOOD.replace(
+            ep,
+            &format!(
+                "{ep}, passive_health = {{ failures = 5, cooldown = \"500ms\", max_cooldown = \"10s\", timeouts = true, probe_path = \"/ping\", probe_timeout = \"300ms\" }}"
+            ),
+        );
+        let c = compile_with_env(&text, &[("ECHO_TOKEN", "s")]).unwrap();
+        let BackendSpec::Static { health, .. } = &c.functions[0].backend else {
+            panic!("static")
+        };
+        assert_eq!(
+            health,
+            &PassiveHealth {
+                failures: 5,
+                cooldown: Duration::from_millis(500),
+                max_cooldown: Duration::from_secs(10),
+                timeouts: true,
+                probe_path: "/ping".into(),
+                probe_timeout: Duration::from_millis(300),
+            }
+        );
+        let bad = GOOD.replace(
+            ep,
+            &format!(
+                "{ep}, passive_health = {{ failures = 0, cooldown = \"20s\", max_cooldown = \"10s\", probe_path = \"ping me\" }}"
+            ),
+        );
+        let bad = format!(
+            "{bad}\n[[service.function]]\nname = \"p\"\nbackend = {{ kind = \"process\", command = [\"python3\"], passive_health = {{}} }}\n"
+        );
+        let p = problems(&bad);
+        let f = "service[0].function[0].backend.passive_health";
+        let expect = [
+            format!("{f}.probe_path: `ping me` must be a path starting with `/`"),
+            format!("{f}.max_cooldown: 10s is shorter than cooldown (20s)"),
+            format!("{f}.failures: 0 is outside 1..=1000"),
+            "service[0].function[1].backend.passive_health: only static backends take this key"
+                .to_string(),
+        ];
+        for e in &expect {
+            assert!(
+                p.iter().any(|x| x.starts_with(e.as_str())),
+                "missing {e:?} in\n{}",
+                p.join("\n")
+            );
+        }
     }
 
     const PROCESS: &str = r#"

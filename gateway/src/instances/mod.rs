@@ -7,7 +7,7 @@
 //! reports back (`FunctionRuntime::instance_ready` / `instance_gone`). One tokio task supervises
 //! each process from spawn to reaping.
 
-mod probe;
+pub mod probe;
 mod session;
 
 pub use session::{ExecContext, ExecEnv, Pty, SessionChild, SessionIo};

@@ -1,4 +1,5 @@
-//! The readiness and health probe: one `GET path` over a fresh loopback connection, 2xx = healthy.
+//! The readiness and health probe: one `GET path` over a fresh connection, 2xx = healthy; and
+//! the passive-health probe of static endpoints, which any HTTP answer passes.
 //!
 //! Hand-written rather than the pooled client: a probe must not reuse a connection that a dying
 //! process left half-open, and it only needs the status line.
@@ -27,8 +28,27 @@ impl std::fmt::Display for ProbeError {
     }
 }
 
+/// A process instance's readiness or health: `GET path` on its loopback port answers 2xx.
 pub async fn get(port: u16, path: &str, timeout: Duration) -> Result<(), ProbeError> {
-    let mut s = match tokio::time::timeout(timeout, TcpStream::connect(("127.0.0.1", port))).await {
+    let host = format!("127.0.0.1:{port}");
+    match status(&host, path, timeout).await? {
+        c if (200..300).contains(&c) => Ok(()),
+        c => Err(ProbeError::Unhealthy(format!("status {c}"))),
+    }
+}
+
+/// A static endpoint (`host:port`) is alive: `GET path` gets an HTTP answer, whatever its
+/// status (a 5xx comes from a live backend, as in passive health).
+pub async fn answers(authority: &str, path: &str, timeout: Duration) -> Result<(), String> {
+    status(authority, path, timeout)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// The status code of `GET path` on `host` (`host:port`).
+async fn status(host: &str, path: &str, timeout: Duration) -> Result<u16, ProbeError> {
+    let mut s = match tokio::time::timeout(timeout, TcpStream::connect(host)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(ProbeError::Refused(format!("connect: {e}"))),
         Err(_) => {
@@ -37,7 +57,7 @@ pub async fn get(port: u16, path: &str, timeout: Duration) -> Result<(), ProbeEr
             )));
         }
     };
-    match tokio::time::timeout(timeout, exchange(&mut s, port, path)).await {
+    match tokio::time::timeout(timeout, exchange(&mut s, host, path)).await {
         Ok(r) => r.map_err(ProbeError::Unhealthy),
         Err(_) => Err(ProbeError::Unhealthy(format!(
             "no answer within {timeout:?}"
@@ -45,10 +65,10 @@ pub async fn get(port: u16, path: &str, timeout: Duration) -> Result<(), ProbeEr
     }
 }
 
-async fn exchange(s: &mut TcpStream, port: u16, path: &str) -> Result<(), String> {
+async fn exchange(s: &mut TcpStream, host: &str, path: &str) -> Result<u16, String> {
     let _ = s.set_nodelay(true);
     let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: fngate-probe\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: fngate-probe\r\nConnection: close\r\n\r\n"
     );
     s.write_all(req.as_bytes())
         .await
@@ -72,7 +92,7 @@ async fn exchange(s: &mut TcpStream, port: u16, path: &str) -> Result<(), String
     parse_status(&buf[..n])
 }
 
-fn parse_status(head: &[u8]) -> Result<(), String> {
+fn parse_status(head: &[u8]) -> Result<u16, String> {
     let line = head.split(|&b| b == b'\n').next().unwrap_or(&[]);
     let line = String::from_utf8_lossy(line);
     let mut parts = line.trim_end().splitn(3, ' ');
@@ -87,8 +107,7 @@ fn parse_status(head: &[u8]) -> Result<(), String> {
                 line.chars().take(60).collect::<String>()
             )
         }),
-        Some(c) if (200..300).contains(&c) => Ok(()),
-        Some(c) => Err(format!("status {c}")),
+        Some(c) => Ok(c),
         None => Err(format!(
             "bad status line {:?}",
             line.chars().take(60).collect::<String>()
@@ -102,11 +121,13 @@ mod tests {
 
     #[test]
     fn status_lines() {
-        assert!(parse_status(b"HTTP/1.1 200 OK\r\n").is_ok());
-        assert!(parse_status(b"HTTP/1.0 204 No Content\r\n").is_ok());
-        assert_eq!(
-            parse_status(b"HTTP/1.1 503 Unavailable\r\n").unwrap_err(),
-            "status 503"
+        assert_eq!(parse_status(b"HTTP/1.1 200 OK\r\n"), Ok(200));
+        assert_eq!(parse_status(b"HTTP/1.0 204 No Content\r\n"), Ok(204));
+        assert_eq!(parse_status(b"HTTP/1.1 503 Unavailable\r\n"), Ok(503));
+        assert!(
+            parse_status(b"HTTP/1.1 2OO OK\r\n")
+                .unwrap_err()
+                .contains("bad status")
         );
         assert!(parse_status(b"").unwrap_err().contains("closed"));
         assert!(

@@ -14,8 +14,9 @@ use crate::config::{Destination, FunctionSpec};
 use crate::queue::{
     Finish, StoreListener, Task, TaskRequest, TaskResult, TaskState, TaskStore, now_ms,
 };
-use crate::scheduler::ScheduleError;
+use crate::scheduler::{FunctionRuntime, Instance, ScheduleError};
 use crate::state::Gateway;
+use crate::telemetry::UpstreamFailure;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
@@ -373,7 +374,7 @@ impl Dispatcher {
             .and_then(|(_, v)| String::from_utf8(v.clone()).ok());
         acquired.slot.set_tenant(tenant);
         let inst = acquired.slot.instance().clone();
-        let outcome = self.exchange(task, req, &spec, &inst).await;
+        let outcome = self.exchange(task, req, &spec, fr, &inst).await;
         *usage = acquired.slot.finish(None);
         outcome
     }
@@ -384,7 +385,8 @@ impl Dispatcher {
         task: &Task,
         req: &TaskRequest,
         spec: &FunctionSpec,
-        inst: &crate::scheduler::Instance,
+        fr: &Arc<FunctionRuntime>,
+        inst: &Arc<Instance>,
     ) -> Result<(TaskResult, String), Attempt> {
         let Some(authority) = inst.authority().cloned() else {
             return Err(Attempt::Retry(format!(
@@ -422,10 +424,17 @@ impl Dispatcher {
         h.insert(X_ATTEMPT.clone(), HeaderValue::from(task.summary.attempts));
         let instance = inst.id.to_string();
         let exchange = async {
-            let resp =
-                self.client.request(upstream).await.map_err(|e| {
-                    Attempt::Retry(format!("instance {instance}: {}", error_chain(&e)))
-                })?;
+            let resp = self.client.request(upstream).await.map_err(|e| {
+                let detail = error_chain(&e);
+                let kind = if e.is_connect() {
+                    UpstreamFailure::Connect
+                } else {
+                    UpstreamFailure::Protocol
+                };
+                fr.call_failed(inst, kind, &detail);
+                Attempt::Retry(format!("instance {instance}: {detail}"))
+            })?;
+            fr.call_answered(inst);
             let (parts, mut body) = resp.into_parts();
             let mut buf = BytesMut::new();
             let mut truncated = false;
@@ -457,6 +466,7 @@ impl Dispatcher {
         let result = match tokio::time::timeout(spec.timeout, exchange).await {
             Ok(r) => r?,
             Err(_) => {
+                fr.call_failed(inst, UpstreamFailure::Timeout, "no answer in time");
                 return Err(Attempt::Retry(format!(
                     "instance {instance} did not answer within {} ms",
                     spec.timeout.as_millis()

@@ -435,6 +435,7 @@ async fn invoke(
     let resp = match result {
         Err(_) => {
             function.metrics.upstream_failed(UpstreamFailure::Timeout);
+            function.call_failed(&instance, UpstreamFailure::Timeout, "no answer in time");
             return Err(GatewayError::UpstreamTimeout {
                 function: spec.id.clone(),
                 instance: instance.id.to_string(),
@@ -452,23 +453,27 @@ async fn invoke(
             if let Some(c) = find_source::<ClientBodyFailed>(&e) {
                 return Err(GatewayError::BadRequest(c.to_string()));
             }
+            let detail = error_chain(&e);
             if e.is_connect() {
                 function.metrics.upstream_failed(UpstreamFailure::Connect);
+                function.call_failed(&instance, UpstreamFailure::Connect, &detail);
                 return Err(GatewayError::UpstreamConnect {
                     function: spec.id.clone(),
                     instance: instance.id.to_string(),
-                    detail: error_chain(&e),
+                    detail,
                 });
             }
             function.metrics.upstream_failed(UpstreamFailure::Protocol);
+            function.call_failed(&instance, UpstreamFailure::Protocol, &detail);
             return Err(GatewayError::UpstreamProtocol {
                 function: spec.id.clone(),
                 instance: instance.id.to_string(),
-                detail: error_chain(&e),
+                detail,
             });
         }
         Ok(Ok(resp)) => resp,
     };
+    function.call_answered(&instance);
     record.upstream_headers = Some(upstream_start.elapsed());
 
     let (mut parts, body) = resp.into_parts();

@@ -5,8 +5,10 @@
 //! read timeout (hyper also applies it while an HTTP/1.1 keep-alive connection waits for its next
 //! request), and an idle timeout that closes connections with no request in progress and no bytes
 //! moving. Shutdown stops accepting, lets requests in progress finish for the grace period, then
-//! closes what is left.
+//! closes what is left. An HTTP/1.1 request carrying both Content-Length and Transfer-Encoding is
+//! refused with 400 before any handler sees it (`framing`).
 
+pub mod framing;
 pub mod tls;
 
 use crate::body::{Guarded, ResponseBody};
@@ -18,8 +20,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -107,7 +109,7 @@ pub async fn serve<H, F>(
                     {
                         Ok(Ok(s)) => {
                             let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
-                            let io = Tracked::new(s, activity.clone());
+                            let io = Tracked::new(s, activity.clone(), !h2);
                             // The admin listener upgrades HTTP/1.1 to WebSocket (instance login).
                             let upgrades = matches!(kind, ListenerKind::Admin);
                             serve_conn(
@@ -119,7 +121,8 @@ pub async fn serve<H, F>(
                     }
                 }
                 None => {
-                    let io = Tracked::new(stream, activity.clone());
+                    // Plaintext may be h2c; the framing tracker stops at its preface.
+                    let io = Tracked::new(stream, activity.clone(), true);
                     serve_conn(
                         io, false, true, false, conn, &limits, activity, shutdown, handler,
                     )
@@ -150,9 +153,16 @@ async fn serve_conn<IO, H, F>(
     let act = activity.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let guard = act.enter();
-        let fut = handler(info, req);
+        let refuse = act
+            .framing
+            .get()
+            .is_some_and(|e| e.conflicting(req.headers()));
+        let fut = (!refuse).then(|| handler(info, req));
         async move {
-            let resp = fut.await;
+            let resp = match fut {
+                Some(fut) => fut.await,
+                None => refuse_conflicting_framing(info),
+            };
             Ok::<_, std::convert::Infallible>(resp.map(|b| Guarded { inner: b, guard }))
         }
     });
@@ -196,6 +206,29 @@ async fn serve_conn<IO, H, F>(
     }
 }
 
+/// The answer to a request framed both by Content-Length and Transfer-Encoding: 400, and the
+/// connection closes after it (hyper has marked it so; `Connection: close` says it). Its body
+/// is never read, so nothing after its head is taken for a request.
+fn refuse_conflicting_framing(info: ConnInfo) -> Response<ResponseBody> {
+    let id = crate::telemetry::next_request_id();
+    tracing::warn!(
+        peer = %info.peer,
+        request_id = id.as_str(),
+        "refused a request with both Content-Length and Transfer-Encoding"
+    );
+    let mut resp = crate::error::GatewayError::BadRequest(
+        "a request may not carry both Content-Length and Transfer-Encoding (RFC 9112 §6.1)".into(),
+    )
+    .into_response(id.as_str());
+    let h = resp.headers_mut();
+    h.insert(crate::backend::X_REQUEST_ID.clone(), id.header_value());
+    h.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    resp
+}
+
 /// Runs a connection to completion, closing it gracefully on shutdown or when idle.
 async fn drive<C, E>(
     conn: C,
@@ -233,12 +266,15 @@ async fn drive<C, E>(
     }
 }
 
-/// Requests in progress and the time of the last byte moved on one connection.
+/// Requests in progress and the time of the last byte moved on one connection, and what the
+/// framing tracker found in its HTTP/1.1 requests.
 #[derive(Debug)]
 pub struct Activity {
     active: AtomicUsize,
     last_ms: AtomicU64,
     epoch: Instant,
+    /// Set once the connection speaks HTTP/1.1 (or may: plaintext), before any byte is read.
+    framing: OnceLock<framing::Evidence>,
 }
 
 impl Activity {
@@ -247,6 +283,7 @@ impl Activity {
             active: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
             epoch: Instant::now(),
+            framing: OnceLock::new(),
         }
     }
 
@@ -280,16 +317,26 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// An IO stream that records when bytes last moved.
+/// An IO stream that records when bytes last moved and, for HTTP/1.1, follows the framing of
+/// the requests read.
 struct Tracked<S> {
     inner: S,
     activity: Arc<Activity>,
+    framing: Option<framing::Framing>,
 }
 
 impl<S> Tracked<S> {
-    fn new(inner: S, activity: Arc<Activity>) -> Self {
+    fn new(inner: S, activity: Arc<Activity>, http1: bool) -> Self {
         activity.touch();
-        Tracked { inner, activity }
+        let framing = http1.then(|| {
+            let _ = activity.framing.set(framing::Evidence::default());
+            framing::Framing::default()
+        });
+        Tracked {
+            inner,
+            activity,
+            framing,
+        }
     }
 }
 
@@ -303,6 +350,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
             self.activity.touch();
+            let this = &mut *self;
+            if let (Some(f), Some(ev)) = (this.framing.as_mut(), this.activity.framing.get()) {
+                f.feed(ev, &buf.filled()[before..]);
+            }
         }
         r
     }

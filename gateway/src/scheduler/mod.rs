@@ -15,11 +15,12 @@
 //! The lock is a plain `std::sync::Mutex`, held for a few comparisons and never across `.await`.
 
 pub mod gpu;
+pub mod health;
 pub mod scaling;
 
 use crate::config::{BackendSpec, FunctionSpec, ProcessSpec};
 use crate::metering::{Billing, FunctionMeter, Meter, ShareClock, Usage};
-use crate::telemetry::{FunctionMetrics, InstanceExit, millis as ms};
+use crate::telemetry::{FunctionMetrics, InstanceExit, UpstreamFailure, millis as ms};
 use arc_swap::ArcSwap;
 use gpu::{GpuPool, GpuShare, PlaceError};
 use scaling::Tracker;
@@ -117,6 +118,8 @@ pub struct Instance {
     clock: Mutex<ShareClock>,
     /// Instance-login sessions open on it: it is busy, and not reclaimed for idleness, while any is.
     sessions: AtomicU32,
+    /// Passive health, for static endpoints (`health`); started instances stay healthy here.
+    pub health: health::EndpointHealth,
 }
 
 impl Instance {
@@ -142,6 +145,7 @@ impl Instance {
             stop: Notify::new(),
             clock: Mutex::new(ShareClock::new(Instant::now())),
             sessions: AtomicU32::new(0),
+            health: health::EndpointHealth::default(),
         }
     }
 
@@ -485,7 +489,7 @@ impl FunctionRuntime {
                 g.tracked = 0;
             }
             let endpoints: &[crate::config::Endpoint] = match &spec.backend {
-                BackendSpec::Static { endpoints } => endpoints,
+                BackendSpec::Static { endpoints, .. } => endpoints,
                 BackendSpec::Process(_) => &[],
             };
             let mut next: Vec<Arc<Instance>> = Vec::with_capacity(g.instances.len());
@@ -517,6 +521,7 @@ impl FunctionRuntime {
                 }
             }
             g.instances = next;
+            self.publish_unhealthy(&g);
             self.metrics
                 .provisioned_target
                 .set(self.effective_target(&g, &spec) as f64);
@@ -1071,6 +1076,117 @@ impl FunctionRuntime {
         )
     }
 
+    /// A call on `inst` got an HTTP answer (any status): a static endpoint's failure count
+    /// restarts, and one out of rotation is back. Two relaxed loads when nothing changes.
+    #[inline]
+    pub fn call_answered(self: &Arc<Self>, inst: &Arc<Instance>) {
+        if !inst.managed && inst.health.answered() {
+            if inst.health.in_rotation() {
+                inst.health.clear_failures();
+            } else {
+                self.endpoint_back(inst, "a call was answered");
+            }
+        }
+    }
+
+    /// A call on `inst` failed below HTTP (`kind`, `detail` for the log): after
+    /// `passive_health.failures` in a row a static endpoint leaves rotation.
+    pub fn call_failed(
+        self: &Arc<Self>,
+        inst: &Arc<Instance>,
+        kind: UpstreamFailure,
+        detail: &str,
+    ) {
+        if inst.managed {
+            return;
+        }
+        let spec = self.spec.load();
+        let BackendSpec::Static { health: h, .. } = &spec.backend else {
+            return;
+        };
+        if kind == UpstreamFailure::Timeout && !h.timeouts {
+            return;
+        }
+        let failures = inst.health.failed();
+        if failures < h.failures || !inst.health.in_rotation() {
+            return;
+        }
+        let grants = {
+            let mut g = self.lock();
+            let Some(wait) = inst.health.eject(h, now_ms(), detail.to_string()) else {
+                return;
+            };
+            self.metrics.endpoint_health(false);
+            self.publish_unhealthy(&g);
+            tracing::warn!(
+                function = %spec.id,
+                instance = %inst.id,
+                failures,
+                cooldown_ms = wait.as_millis() as u64,
+                error = detail,
+                "static endpoint out of rotation after failed calls"
+            );
+            // If that was the last endpoint in rotation, waiters now fail open onto the others.
+            self.grant_locked(&mut g, None)
+        };
+        self.send(grants);
+    }
+
+    /// Static endpoints whose cooldown is over, each claimed for one probe: (instance, path,
+    /// timeout). The caller probes and reports with [`FunctionRuntime::probe_result`].
+    pub fn probes_due(&self) -> Vec<(Arc<Instance>, String, Duration)> {
+        let spec = self.spec.load();
+        let BackendSpec::Static { health: h, .. } = &spec.backend else {
+            return Vec::new();
+        };
+        let now = now_ms();
+        let g = self.lock();
+        g.instances
+            .iter()
+            .filter(|i| !i.managed && i.health.take_probe(now))
+            .map(|i| (i.clone(), h.probe_path.clone(), h.probe_timeout))
+            .collect()
+    }
+
+    /// How the probe of `inst` went.
+    pub fn probe_result(self: &Arc<Self>, inst: &Arc<Instance>, result: Result<(), String>) {
+        match result {
+            Ok(()) => self.endpoint_back(inst, "a probe was answered"),
+            Err(why) => {
+                let spec = self.spec.load();
+                let BackendSpec::Static { health: h, .. } = &spec.backend else {
+                    return;
+                };
+                if let Some(wait) = inst.health.probe_failed(h, now_ms(), why.clone()) {
+                    tracing::debug!(function = %spec.id, instance = %inst.id, next_probe_ms = wait.as_millis() as u64, error = %why, "static endpoint probe failed");
+                }
+            }
+        }
+    }
+
+    fn endpoint_back(self: &Arc<Self>, inst: &Arc<Instance>, how: &'static str) {
+        let grants = {
+            let mut g = self.lock();
+            if !inst.health.recover(now_ms()) {
+                return;
+            }
+            self.metrics.endpoint_health(true);
+            self.publish_unhealthy(&g);
+            tracing::info!(function = %self.spec.load().id, instance = %inst.id, how, "static endpoint back in rotation");
+            self.grant_locked(&mut g, None)
+        };
+        self.send(grants);
+    }
+
+    fn publish_unhealthy(&self, g: &Inner) {
+        let n = g
+            .instances
+            .iter()
+            .filter(|i| !i.managed && !i.health.in_rotation())
+            .count();
+        self.metrics.endpoints_unhealthy.set(n as f64);
+    }
+
     /// One of this function's instances by id.
     pub fn instance(&self, id: &str) -> Option<Arc<Instance>> {
         self.lock().instances.iter().find(|i| &*i.id == id).cloned()
@@ -1119,6 +1235,13 @@ impl FunctionRuntime {
                             spawn: ms(c.spawn),
                             readiness: ms(c.readiness),
                         }),
+                        health: (!i.managed).then(|| HealthState {
+                            state: i.health.health(),
+                            consecutive_failures: i.health.failures(),
+                            ejections: i.health.level(),
+                            retry_in_s: i.health.retry_in_ms(now_m).map(|r| r as f64 / 1000.0),
+                            last_error: i.health.last_error(),
+                        }),
                     }
                 })
                 .collect(),
@@ -1158,20 +1281,34 @@ fn pick(g: &mut Inner, limit: u32) -> Option<(Arc<Instance>, f64)> {
         return None;
     }
     let start = g.cursor % n;
+    // The best instance in rotation, and the best out of rotation (static endpoints that failed
+    // passive health), taken only when none is in rotation: fail open (`health`).
     let mut best: Option<(usize, (u8, u32))> = None;
+    let mut fallback: Option<(usize, (u8, u32))> = None;
+    let mut any_in_rotation = false;
     for k in 0..n {
         let idx = (start + k) % n;
         let inst = &g.instances[idx];
+        if inst.state() != InstanceState::Ready {
+            continue;
+        }
+        let in_rotation = inst.health.in_rotation();
+        any_in_rotation |= in_rotation;
         let busy = inst.busy.load(Ordering::Relaxed);
-        if busy >= limit || inst.state() != InstanceState::Ready {
+        if busy >= limit {
             continue;
         }
         let rank = (inst.kind.load(Ordering::Relaxed), busy);
-        if best.is_none_or(|(_, r)| rank < r) {
-            best = Some((idx, rank));
+        let slot = if in_rotation {
+            &mut best
+        } else {
+            &mut fallback
+        };
+        if slot.is_none_or(|(_, r)| rank < r) {
+            *slot = Some((idx, rank));
         }
     }
-    let (idx, _) = best?;
+    let (idx, _) = if any_in_rotation { best } else { fallback }?;
     g.cursor = idx + 1;
     let inst = g.instances[idx].clone();
     inst.busy.fetch_add(1, Ordering::Relaxed);
@@ -1237,6 +1374,22 @@ pub struct InstanceInfo {
     /// Seconds without work, for a ready instance that has none.
     pub idle_s: Option<f64>,
     pub cold_start_ms: Option<ColdStartState>,
+    /// Passive health, for static endpoints.
+    pub health: Option<HealthState>,
+}
+
+/// A static endpoint's passive health as the admin API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HealthState {
+    pub state: health::Health,
+    /// Failed calls in a row.
+    pub consecutive_failures: u32,
+    /// Ejections and failed probes in a row (the cooldown doubles with each).
+    pub ejections: u32,
+    /// Seconds to the next probe, while out of rotation.
+    pub retry_in_s: Option<f64>,
+    /// Why it left rotation, or why its last probe failed.
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

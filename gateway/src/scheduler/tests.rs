@@ -1,7 +1,7 @@
 //! Scheduler unit tests: slots, the queue, and instance decisions with a recording launcher.
 
 use super::*;
-use crate::config::Endpoint;
+use crate::config::{DEFAULT_PASSIVE_FAILURES, Endpoint};
 
 fn spec(
     endpoints: &[&str],
@@ -25,6 +25,7 @@ fn spec(
                     authority: e.parse().unwrap(),
                 })
                 .collect(),
+            health: Default::default(),
         },
         gpu: None,
         scaling: crate::config::ScalingSpec::fixed(endpoints.len() as u32),
@@ -65,6 +66,66 @@ async fn least_loaded_then_queue_then_full() {
     let st = rt.snapshot();
     assert_eq!(st.in_flight, 0);
     assert!(st.instances.iter().all(|i| i.busy == 0), "{st:?}");
+}
+
+#[tokio::test]
+async fn a_failing_static_endpoint_leaves_rotation_and_probes_back() {
+    let rt = FunctionRuntime::new(spec(&["a:1", "b:1"], 1, 10, 10_000), node());
+    let a = rt.instance("f@a:1").unwrap();
+    let b = rt.instance("f@b:1").unwrap();
+    // Timeouts do not count by default; an answer in between restarts the count.
+    rt.call_failed(&a, UpstreamFailure::Timeout, "slow");
+    rt.call_failed(&a, UpstreamFailure::Connect, "refused");
+    rt.call_failed(&a, UpstreamFailure::Protocol, "reset");
+    rt.call_answered(&a);
+    assert_eq!(a.health.failures(), 0);
+    for _ in 0..DEFAULT_PASSIVE_FAILURES {
+        assert!(a.health.in_rotation());
+        rt.call_failed(&a, UpstreamFailure::Connect, "refused");
+    }
+    let st = rt.snapshot();
+    let h = st.instances[0].health.as_ref().unwrap();
+    assert_eq!(h.state, health::Health::Unhealthy);
+    assert_eq!(h.last_error.as_deref(), Some("refused"));
+    assert!(h.retry_in_s.unwrap() > 4.0, "{h:?}");
+    // Every request goes to b; with b's one slot taken the next one waits rather than use a.
+    let held = rt.acquire(0).await.unwrap().slot;
+    assert!(Arc::ptr_eq(held.instance(), &b));
+    let rt2 = rt.clone();
+    let waiter = tokio::spawn(async move { rt2.acquire(0).await.map(|x| x.slot) });
+    while rt.snapshot().queued == 0 {
+        tokio::task::yield_now().await;
+    }
+    // b fails too: nothing is in rotation, so the waiter fails open onto a.
+    for _ in 0..DEFAULT_PASSIVE_FAILURES {
+        rt.call_failed(&b, UpstreamFailure::Protocol, "malformed");
+    }
+    let got = waiter.await.unwrap().unwrap();
+    assert!(Arc::ptr_eq(got.instance(), &a));
+    drop((got, held));
+    // Not due yet: no probe. A served call on b brings it back at once.
+    assert!(rt.probes_due().is_empty());
+    rt.call_answered(&b);
+    assert!(b.health.in_rotation());
+    for _ in 0..4 {
+        let s = rt.acquire(0).await.unwrap().slot;
+        assert!(Arc::ptr_eq(s.instance(), &b));
+    }
+    // A passing probe brings a back (ejected here with a 1 ms cooldown so the probe is due).
+    rt.call_answered(&a);
+    let quick = crate::config::PassiveHealth {
+        cooldown: Duration::from_millis(1),
+        ..Default::default()
+    };
+    assert!(a.health.eject(&quick, now_ms(), "x".into()).is_some());
+    assert!(!a.health.in_rotation());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let due = rt.probes_due();
+    assert_eq!(due.len(), 1);
+    assert!(Arc::ptr_eq(&due[0].0, &a));
+    assert_eq!(due[0].1, "/");
+    rt.probe_result(&a, Ok(()));
+    assert!(a.health.in_rotation());
 }
 
 #[tokio::test(start_paused = true)]

@@ -43,6 +43,8 @@ pub const INSTANCES: &str = "fngate_instances";
 pub const COLD_STARTS: &str = "fngate_cold_starts_total";
 pub const COLD_START_DURATION: &str = "fngate_cold_start_duration_seconds";
 pub const INSTANCE_EXITS: &str = "fngate_instance_exits_total";
+pub const ENDPOINT_HEALTH_TRANSITIONS: &str = "fngate_endpoint_health_transitions_total";
+pub const ENDPOINTS_UNHEALTHY: &str = "fngate_endpoints_unhealthy";
 pub const PROVISIONED_TARGET: &str = "fngate_provisioned_target";
 pub const INSTANCE_LOG_LINES: &str = "fngate_instance_log_lines_total";
 pub const ASYNC_ACCEPTED: &str = "fngate_async_accepted_total";
@@ -286,6 +288,10 @@ pub struct FunctionMetrics {
     cold_start_duration: Histogram,
     /// exited (unexpectedly), unhealthy, stopped (by fngate)
     exits: [Counter; 3],
+    /// Static endpoints leaving rotation, coming back.
+    health_transitions: [Counter; 2],
+    /// Static endpoints out of rotation now.
+    pub endpoints_unhealthy: Gauge,
     pub provisioned_target: Gauge,
     /// Async accepts: stored, existing (a repeated task id).
     async_accepted: [Counter; 2],
@@ -323,6 +329,10 @@ impl FunctionMetrics {
             cold_start_duration: metrics::histogram!(COLD_START_DURATION, "function" => f.clone()),
             exits: ["exited", "unhealthy", "stopped"]
                 .map(|r| metrics::counter!(INSTANCE_EXITS, "function" => f.clone(), "reason" => r)),
+            health_transitions: ["unhealthy", "healthy"].map(|t| {
+                metrics::counter!(ENDPOINT_HEALTH_TRANSITIONS, "function" => f.clone(), "to" => t)
+            }),
+            endpoints_unhealthy: metrics::gauge!(ENDPOINTS_UNHEALTHY, "function" => f.clone()),
             provisioned_target: metrics::gauge!(PROVISIONED_TARGET, "function" => f.clone()),
             async_accepted: ["stored", "existing"]
                 .map(|r| metrics::counter!(ASYNC_ACCEPTED, "function" => f.clone(), "result" => r)),
@@ -346,6 +356,11 @@ impl FunctionMetrics {
 
     pub fn instance_exit(&self, why: InstanceExit) {
         self.exits[why as usize].increment(1);
+    }
+
+    /// A static endpoint left rotation (`healthy` false) or came back.
+    pub fn endpoint_health(&self, healthy: bool) {
+        self.health_transitions[usize::from(healthy)].increment(1);
     }
 
     pub fn finished(&self, status: u16, elapsed: Duration) {
