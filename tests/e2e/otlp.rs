@@ -100,6 +100,7 @@ fn latest(text: &str, metric: &str, attrs: &[&str]) -> Option<Point> {
 struct Record {
     body: String,
     severity: String,
+    trace: String,
     attrs: Vec<String>,
 }
 
@@ -114,6 +115,11 @@ fn records(text: &str) -> Vec<Record> {
                 r.body = v.to_owned();
             } else if let Some(v) = l.strip_prefix("SeverityText: ") {
                 r.severity = v.to_owned();
+            } else if l.starts_with("Trace ID") {
+                r.trace = l
+                    .split_once(':')
+                    .map(|(_, v)| v.trim().to_owned())
+                    .unwrap_or_default();
             } else if let Some(v) = l.strip_prefix("-> ") {
                 r.attrs.push(v.to_owned());
             }
@@ -308,6 +314,17 @@ async fn metrics_logs_and_traces_reach_a_collector_over_grpc() {
     for want in ["trigger match", "cold start", "upstream call"] {
         assert!(children.contains(&want), "{want} in {children:?}");
     }
+    // The invocation's log record carries its trace: a collector links the two.
+    let recs = records(&rotel.text());
+    let inv = recs
+        .iter()
+        .find(|r| r.has(&format!("request_id: Str({})", ids[0])))
+        .unwrap();
+    assert_eq!(inv.trace, root.trace, "{inv:#?}");
+    assert!(
+        inv.attrs.iter().all(|a| !a.starts_with("trace_id")),
+        "{inv:#?}"
+    );
 }
 
 #[tokio::test]

@@ -166,11 +166,14 @@ auth = {{ bearer = {{ env = "PRIVATE_TOKEN" }} }}
         "queue_wait_ms",
         "upstream_ms",
         "duration_ms",
-        "cold_start_ms",
         "client",
         "bytes_in",
     ] {
         assert!(line.get(key).is_some(), "missing {key} in {line}");
+    }
+    // Fields without a value are left out: no cold start, no error.
+    for key in ["cold_start_ms", "error", "task_id"] {
+        assert!(line.get(key).is_none(), "{key} in {line}");
     }
 }
 

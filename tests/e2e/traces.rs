@@ -173,6 +173,25 @@ async fn invocation_spans_reach_a_real_collector_with_the_callers_trace() {
         .to_owned();
     assert!(own.len() == 55 && !own.contains(caller_trace), "{own}");
 
+    // Each invocation's log line names its trace and span, so a log leads to its trace.
+    let lines = gw.settled_log_lines().await;
+    let line = |path: &str| {
+        lines
+            .iter()
+            .find(|l| l["kind"] == "invocation" && l["path"] == path)
+            .cloned()
+            .unwrap_or_else(|| panic!("no line for {path}: {lines:#?}"))
+    };
+    let traced = line("/echo/traced");
+    assert_eq!(traced["trace_id"], caller_trace, "{traced}");
+    assert_eq!(traced["span_id"], invocation_id.as_str(), "{traced}");
+    let untraced = line("/echo/untraced");
+    assert_eq!(
+        untraced["trace_id"],
+        own.split('-').nth(1).unwrap(),
+        "{untraced}"
+    );
+
     // The span tree arrives at the collector (the batch exporter flushes within seconds).
     let deadline = Instant::now() + Duration::from_secs(20);
     let spans = loop {
@@ -220,6 +239,71 @@ async fn invocation_spans_reach_a_real_collector_with_the_callers_trace() {
         .collect();
     for want in ["trigger match", "upstream call"] {
         assert!(children.contains(&want), "{want} in {children:?}");
+    }
+}
+
+/// The plugin decision and the wait for a slot are spans of their own: a request routed by a
+/// policy plugin that queues behind a slow one on a one-slot function.
+#[tokio::test]
+async fn plugin_decision_and_queue_wait_are_child_spans() {
+    let rotel = tokio::task::spawn_blocking(Rotel::start).await.unwrap();
+    let be = Backend::start("a");
+    let gw = Gateway::start(&format!(
+        "[telemetry]\notlp = {{ endpoint = \"http://127.0.0.1:{}\" }}\ntraces = {{ sample_ratio = 1.0 }}\n\n[[plugin]]\nname = \"router\"\npath = \"{}\"\nconfig = {{ routes = \"b=demo/echo\" }}\n{}",
+        rotel.http,
+        crate::plugins::wasm("header_router").display(),
+        one_function(
+            &[be.url()],
+            "instance_concurrency = 1\nmax_queued = 10\nmax_queue_wait = \"10s\"",
+            "plugins = [\"router\"]"
+        )
+    ));
+    let slow = gw.get("/echo/slow?sleep_ms=400");
+    let queued = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        gw.get("/echo/queued").await
+    };
+    let (slow, queued) = tokio::join!(slow, queued);
+    assert!(
+        slow.status == 200 && queued.status == 200,
+        "{} {}",
+        slow.text(),
+        queued.text()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (spans, root) = loop {
+        let spans = rotel.spans();
+        let root = spans
+            .iter()
+            .find(|s| {
+                s.name == "invocation" && s.attrs.iter().any(|a| a == "url.path: Str(/echo/queued)")
+            })
+            .cloned();
+        let children = |r: &Span| spans.iter().filter(|s| s.parent == r.id).count();
+        if let Some(r) = root
+            && children(&r) >= 4
+        {
+            break (spans, r);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "spans not received: {spans:#?}\n{}",
+            gw.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let children: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.trace == root.trace && s.parent == root.id)
+        .collect();
+    let names: Vec<&str> = children.iter().map(|s| s.name.as_str()).collect();
+    for want in [
+        "trigger match",
+        "plugin decision",
+        "queue wait",
+        "upstream call",
+    ] {
+        assert!(names.contains(&want), "{want} in {names:?}");
     }
 }
 

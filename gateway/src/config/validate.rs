@@ -557,18 +557,19 @@ fn compile_otlp(cx: &mut Ctx<'_>, otlp: &toml::Value) -> Option<OtlpSpec> {
     Some(OtlpSpec { endpoint, protocol })
 }
 
-/// `traces = { sample_ratio }`: traces are exported when `otlp` is set (`traces` alone is an
-/// error: it has nowhere to go). `has_otlp` is true when `otlp` is written, valid or not.
+/// `traces = { sample_ratio }`: traces are exported when `traces` is written, to the collector
+/// of `otlp` (`traces` without `otlp` is an error: it has nowhere to go; `otlp` alone sends only
+/// what asks for it, as metrics and logs do). `has_otlp` is true when `otlp` is written, valid
+/// or not.
 fn compile_traces(
     cx: &mut Ctx<'_>,
     has_otlp: bool,
     otlp: Option<&OtlpSpec>,
     traces: Option<&toml::Value>,
 ) -> Option<TracesSpec> {
+    traces?;
     if !has_otlp {
-        if traces.is_some() {
-            cx.err("telemetry.traces", format!("traces {NEEDS_OTLP}"));
-        }
+        cx.err("telemetry.traces", format!("traces {NEEDS_OTLP}"));
         return None;
     }
     let mut sample_ratio = DEFAULT_TRACE_SAMPLE_RATIO;
@@ -2902,15 +2903,21 @@ methods = ["POST"]
         assert_eq!(c.metrics, None);
         assert_eq!(c.log.otlp, None);
         let default_ratio = format!(
-            "{GOOD}\n[telemetry]\notlp = {{ endpoint = \"http://127.0.0.1:4318\", protocol = \"http\" }}\n"
+            "{GOOD}\n[telemetry]\notlp = {{ endpoint = \"http://127.0.0.1:4318\", protocol = \"http\" }}\ntraces = {{}}\n"
         );
         let c = compile_with_env(&default_ratio, &env).expect("valid");
         assert_eq!(c.traces.unwrap().sample_ratio, DEFAULT_TRACE_SAMPLE_RATIO);
         assert!(compile_with_env(GOOD, &env).unwrap().traces.is_none());
+        // A collector for logs or metrics alone does not turn traces on.
+        let otlp_only = format!(
+            "{GOOD}\n[telemetry]\notlp = {{ endpoint = \"http://127.0.0.1:4318\" }}\nlog = {{ otlp = true }}\n"
+        );
+        let c = compile_with_env(&otlp_only, &env).expect("valid");
+        assert!(c.traces.is_none() && c.log.otlp.is_some());
 
         // gRPC, metrics pushed, logs globally and for one service.
         let all = format!(
-            "{GOOD}\n[telemetry]\notlp = {{ endpoint = \"http://127.0.0.1:4317\", protocol = \"grpc\" }}\nmetrics = {{ otlp = true, interval = \"250ms\" }}\nlog = {{ otlp = true }}\n"
+            "{GOOD}\n[telemetry]\notlp = {{ endpoint = \"http://127.0.0.1:4317\", protocol = \"grpc\" }}\nmetrics = {{ otlp = true, interval = \"250ms\" }}\nlog = {{ otlp = true }}\ntraces = {{ sample_ratio = 1.0 }}\n"
         );
         let c = compile_with_env(&all, &env).expect("valid");
         let grpc = OtlpSpec {

@@ -674,7 +674,7 @@ async fn capture(
         log.load().emit_for(
             Some(&service),
             &telemetry::InstanceLog {
-                ts: telemetry::rfc3339_now(),
+                ts: telemetry::Timestamp::now(),
                 kind: "instance_log",
                 function: &function,
                 instance_id: &instance,

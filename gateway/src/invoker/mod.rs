@@ -920,10 +920,13 @@ impl Record {
             .and_then(|i| rt.config.triggers.get(i))
             .map(|t| t.name.as_str());
         let fspec = self.function.map(|i| &rt.config.functions[i]);
-        let client = self.client.ip().to_string();
+        let ids = self.trace.as_ref().map(|t| t.ids_hex());
+        fn hex(b: &[u8]) -> Option<&str> {
+            std::str::from_utf8(b).ok()
+        }
         let ms = telemetry::millis;
         let line = InvocationLog {
-            ts: telemetry::rfc3339_now(),
+            ts: telemetry::Timestamp::now(),
             kind: "invocation",
             request_id: self.request_id.as_str(),
             trigger,
@@ -944,15 +947,18 @@ impl Record {
                 Version::HTTP_10 => "http/1.0",
                 _ => "http/1.1",
             },
-            client: &client,
+            client: self.client.ip(),
             status: self.status,
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.bytes_out,
             error: self.error.as_deref(),
             tenant: self.tenant.as_deref(),
             usage: self.usage.as_ref(),
+            trace_id: ids.as_ref().and_then(|(t, _)| hex(t)),
+            span_id: ids.as_ref().and_then(|(_, s)| hex(s)),
         };
-        rt.log.emit_for(fspec.map(|f| f.service.as_str()), &line);
+        rt.log
+            .emit_invocation(fspec.map(|f| f.service.as_str()), &line);
         if let Some(trace) = self.trace.take()
             && trace.is_sampled()
         {
@@ -962,48 +968,57 @@ impl Record {
 
     /// The invocation's span tree, from the marks this record kept.
     fn export_trace(&self, trace: telemetry::trace::Invocation, line: &InvocationLog<'_>) {
-        use opentelemetry::KeyValue;
+        use telemetry::trace::{Attr, Finished};
         let now = Instant::now();
         let now_wall = std::time::SystemTime::now();
         let wall = |at: Instant| telemetry::trace::wall(at, now, now_wall);
+        let mut tree = Finished::new(wall(self.start), now_wall);
         if let Some(m) = self.matched_at {
-            trace.child("trigger match", wall(self.start), wall(m));
+            tree.children
+                .push(("trigger match", wall(self.start), wall(m)));
         }
         if let Some((a, b)) = self.plugins_span {
-            trace.child("plugin decision", wall(a), wall(b));
+            tree.children.push(("plugin decision", wall(a), wall(b)));
         }
         if let Some(up) = self.upstream_start {
             if !self.queue_wait.is_zero() {
-                trace.child("queue wait", wall(up - self.queue_wait), wall(up));
+                tree.children
+                    .push(("queue wait", wall(up - self.queue_wait), wall(up)));
             }
             if let Some((waited, _)) = self.cold_start {
-                trace.child("cold start", wall(up - waited), wall(up));
+                tree.children
+                    .push(("cold start", wall(up - waited), wall(up)));
             }
-            trace.child("upstream call", wall(up), now_wall);
+            tree.children.push(("upstream call", wall(up), now_wall));
         }
-        let mut attrs = vec![
-            KeyValue::new("fngate.request_id", line.request_id.to_owned()),
-            KeyValue::new("http.request.method", line.method.to_owned()),
-            KeyValue::new("url.path", line.path.to_owned()),
-            KeyValue::new("http.response.status_code", i64::from(line.status)),
-        ];
-        let opt = |k: &'static str, v: Option<&str>| v.map(|v| KeyValue::new(k, v.to_owned()));
-        attrs.extend(
-            [
-                opt("fngate.trigger", line.trigger),
-                opt("fngate.function", line.function),
-                opt("fngate.instance.id", line.instance_id),
-                opt("fngate.instance.kind", line.instance_kind),
-                opt("fngate.task_id", line.task_id),
-                opt("fngate.tenant", line.tenant),
-            ]
-            .into_iter()
-            .flatten(),
-        );
+        let s = |v: &str| Attr::Str(v.to_owned());
+        tree.attributes.extend([
+            ("fngate.request_id", s(line.request_id)),
+            ("http.request.method", s(line.method)),
+            ("url.path", s(line.path)),
+            (
+                "http.response.status_code",
+                Attr::Int(i64::from(line.status)),
+            ),
+        ]);
+        for (k, v) in [
+            ("fngate.trigger", line.trigger),
+            ("fngate.function", line.function),
+            ("fngate.instance.id", line.instance_id),
+            ("fngate.instance.kind", line.instance_kind),
+            ("fngate.task_id", line.task_id),
+            ("fngate.tenant", line.tenant),
+        ] {
+            if let Some(v) = v {
+                tree.attributes.push((k, s(v)));
+            }
+        }
         if let Some(ms) = line.cold_start_ms {
-            attrs.push(KeyValue::new("fngate.cold_start_ms", ms));
+            tree.attributes
+                .push(("fngate.cold_start_ms", Attr::F64(ms)));
         }
-        trace.finish(attrs, line.error, now_wall);
+        tree.error = line.error.map(str::to_owned);
+        trace.finish(tree);
     }
 }
 

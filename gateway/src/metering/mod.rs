@@ -119,13 +119,26 @@ impl Billing {
 /// What one invocation held: its share of the instance's busy time × the instance's spec.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Usage {
+    #[serde(serialize_with = "ns")]
     pub busy_s: f64,
+    #[serde(serialize_with = "ns")]
     pub vcpu_s: f64,
+    #[serde(serialize_with = "ns")]
     pub memory_gb_s: f64,
+    #[serde(serialize_with = "ns")]
     pub gpu_gb_s: f64,
-    #[serde(serialize_with = "opt_str")]
+    #[serde(serialize_with = "opt_str", skip_serializing_if = "Option::is_none")]
     pub gpu_type: Option<Arc<str>>,
     pub billing: Billing,
+}
+
+/// A resource-seconds figure at nanosecond resolution: `0.000197209`, not the float's 17 digits.
+pub fn round_ns(v: f64) -> f64 {
+    (v * 1e9).round() / 1e9
+}
+
+fn ns<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(round_ns(*v))
 }
 
 fn opt_str<S: serde::Serializer>(v: &Option<Arc<str>>, s: S) -> Result<S::Ok, S::Error> {

@@ -232,7 +232,21 @@ impl PolicyHost {
             .linear_memory_keep_resident(1 << 20)
             .table_keep_resident(64 << 10);
         cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&cfg).map_err(|e| PolicyError::Engine(format!("{e:#}")))?;
+        let engine = match Engine::new(&cfg) {
+            Ok(e) => e,
+            // The pool reserves its address space up front (terabytes of it, not memory); where
+            // that is refused (a `ulimit -v`, a strict overcommit policy, valgrind) plugins still
+            // run, with memories allocated per instance: slower to instantiate, same limits.
+            Err(pooled) => {
+                cfg.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+                let engine =
+                    Engine::new(&cfg).map_err(|e| PolicyError::Engine(format!("{e:#}")))?;
+                tracing::warn!(
+                    "plugin instances are allocated on demand: the pooling allocator cannot reserve its address space ({pooled:#})"
+                );
+                engine
+            }
+        };
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| PolicyError::Engine(format!("{e:#}")))?;

@@ -27,42 +27,297 @@ const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
 const FLUSH_BYTES: usize = 256 * 1024;
 
 /// One line per invocation; field names are part of the public contract (docs/logging.md).
+/// Fields without a value are left out of the line (not written as null).
 #[derive(Debug, Serialize)]
 pub struct InvocationLog<'a> {
-    pub ts: String,
+    pub ts: super::Timestamp,
     pub kind: &'static str,
     pub request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub trigger: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub function: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub instance_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub instance_kind: Option<&'static str>,
     /// Set when the request waited for a cold start: its wait, then the instance's split.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cold_start_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cold_start_spawn_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cold_start_readiness_ms: Option<f64>,
     /// The task id of an async request (answered 202).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub task_id: Option<&'a str>,
     pub queue_wait_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_ms: Option<f64>,
     pub duration_ms: f64,
     pub method: &'a str,
     pub path: &'a str,
     pub protocol: &'static str,
-    pub client: &'a str,
+    pub client: std::net::IpAddr,
     pub status: u16,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'a str>,
     /// Tenant key from a policy plugin's decision, or the bearer-authenticated trigger's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tenant: Option<&'a str>,
     /// What the invocation held on its instance (docs/metering.md); null when it got no slot.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<&'a crate::metering::Usage>,
+    /// The invocation's trace and span (hex) when traces are configured, sampled or not: the
+    /// backend got them in `traceparent`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<&'a str>,
+}
+
+impl InvocationLog<'_> {
+    /// The line as JSON, written by hand: the same document as the derived `Serialize` (a test
+    /// holds the two equal) without serde's generic machinery or float formatting, since every
+    /// invocation writes one.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"ts\":\"");
+        out.extend_from_slice(self.ts.as_bytes());
+        out.extend_from_slice(b"\",\"kind\":");
+        raw_str(out, self.kind);
+        out.extend_from_slice(b",\"request_id\":");
+        raw_str(out, self.request_id);
+        opt_str(out, b",\"trigger\":", self.trigger);
+        opt_str(out, b",\"function\":", self.function);
+        opt_str(out, b",\"instance_id\":", self.instance_id);
+        opt_raw(out, b",\"instance_kind\":", self.instance_kind);
+        opt_ms(out, b",\"cold_start_ms\":", self.cold_start_ms);
+        opt_ms(out, b",\"cold_start_spawn_ms\":", self.cold_start_spawn_ms);
+        opt_ms(
+            out,
+            b",\"cold_start_readiness_ms\":",
+            self.cold_start_readiness_ms,
+        );
+        opt_str(out, b",\"task_id\":", self.task_id);
+        opt_ms(out, b",\"queue_wait_ms\":", Some(self.queue_wait_ms));
+        opt_ms(out, b",\"upstream_ms\":", self.upstream_ms);
+        opt_ms(out, b",\"duration_ms\":", Some(self.duration_ms));
+        // An HTTP method is a token (RFC 9110): no quote, backslash or control character.
+        out.extend_from_slice(b",\"method\":");
+        raw_str(out, self.method);
+        out.extend_from_slice(b",\"path\":");
+        json_str(out, self.path);
+        out.extend_from_slice(b",\"protocol\":");
+        raw_str(out, self.protocol);
+        out.extend_from_slice(b",\"client\":\"");
+        match self.client {
+            std::net::IpAddr::V4(v4) => {
+                for (i, o) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b'.');
+                    }
+                    write_u64(out, u64::from(o));
+                }
+            }
+            v6 => {
+                let _ = write!(out, "{v6}");
+            }
+        }
+        out.extend_from_slice(b"\",\"status\":");
+        write_u64(out, u64::from(self.status));
+        out.extend_from_slice(b",\"bytes_in\":");
+        write_u64(out, self.bytes_in);
+        out.extend_from_slice(b",\"bytes_out\":");
+        write_u64(out, self.bytes_out);
+        opt_str(out, b",\"error\":", self.error);
+        opt_str(out, b",\"tenant\":", self.tenant);
+        if let Some(u) = self.usage {
+            out.extend_from_slice(b",\"usage\":{\"busy_s\":");
+            json_ns(out, u.busy_s);
+            out.extend_from_slice(b",\"vcpu_s\":");
+            json_ns(out, u.vcpu_s);
+            out.extend_from_slice(b",\"memory_gb_s\":");
+            json_ns(out, u.memory_gb_s);
+            out.extend_from_slice(b",\"gpu_gb_s\":");
+            json_ns(out, u.gpu_gb_s);
+            opt_str(out, b",\"gpu_type\":", u.gpu_type.as_deref());
+            out.extend_from_slice(b",\"billing\":\"");
+            out.extend_from_slice(u.billing.as_str().as_bytes());
+            out.extend_from_slice(b"\"}");
+        }
+        opt_raw(out, b",\"trace_id\":", self.trace_id);
+        opt_raw(out, b",\"span_id\":", self.span_id);
+        out.push(b'}');
+    }
+}
+
+/// A JSON string, escaped as serde_json escapes (quote, backslash, control characters). Runs
+/// of plain bytes are found eight at a time and copied whole.
+#[inline(always)]
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let b = s.as_bytes();
+    let mut start = 0;
+    let mut i = 0;
+    while i < b.len() {
+        // Skip eight plain bytes at once when none of them needs escaping.
+        if let Some(word) = b.get(i..i + 8) {
+            let w = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+            if !needs_escape(w) {
+                i += 8;
+                continue;
+            }
+        }
+        let c = b[i];
+        if c == b'"' || c == b'\\' || c < 0x20 {
+            out.extend_from_slice(&b[start..i]);
+            escape(out, c);
+            start = i + 1;
+        }
+        i += 1;
+    }
+    out.extend_from_slice(&b[start..]);
+    out.push(b'"');
+}
+
+/// True when one of the eight bytes is `"`, `\` or below 0x20 (bytes ≥ 0x80, UTF-8, never
+/// need it). The classic "has a byte less than n" and "has a zero byte" word tricks.
+fn needs_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    (below_space | zero(w ^ (ONES * u64::from(b'"'))) | zero(w ^ (ONES * u64::from(b'\\')))) != 0
+}
+
+fn escape(out: &mut Vec<u8>, c: u8) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    match c {
+        b'"' => out.extend_from_slice(b"\\\""),
+        b'\\' => out.extend_from_slice(b"\\\\"),
+        b'\n' => out.extend_from_slice(b"\\n"),
+        b'\r' => out.extend_from_slice(b"\\r"),
+        b'\t' => out.extend_from_slice(b"\\t"),
+        0x08 => out.extend_from_slice(b"\\b"),
+        0x0c => out.extend_from_slice(b"\\f"),
+        _ => out.extend_from_slice(&[
+            b'\\',
+            b'u',
+            b'0',
+            b'0',
+            HEX[usize::from(c >> 4)],
+            HEX[usize::from(c & 15)],
+        ]),
+    }
+}
+
+/// A float as serde_json writes it (shortest round-trip form; non-finite values as null).
+fn json_f64(out: &mut Vec<u8>, v: f64) {
+    if serde_json::to_writer(&mut *out, &v).is_err() {
+        out.extend_from_slice(b"null");
+    }
+}
+
+/// A string known to need no escaping (fixed words, hex ids, HTTP tokens), copied as it is.
+#[inline(always)]
+fn raw_str(out: &mut Vec<u8>, s: &str) {
+    debug_assert!(
+        !s.bytes().any(|c| c == b'"' || c == b'\\' || c < 0x20),
+        "{s}"
+    );
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+}
+
+#[inline(always)]
+fn opt_raw(out: &mut Vec<u8>, key: &[u8], v: Option<&str>) {
+    if let Some(s) = v {
+        out.extend_from_slice(key);
+        raw_str(out, s);
+    }
+}
+
+#[inline(always)]
+fn opt_str(out: &mut Vec<u8>, key: &[u8], v: Option<&str>) {
+    if let Some(s) = v {
+        out.extend_from_slice(key);
+        json_str(out, s);
+    }
+}
+
+/// Milliseconds as `telemetry::millis` rounds them (whole microseconds): `12.345`.
+#[inline(always)]
+fn opt_ms(out: &mut Vec<u8>, key: &[u8], v: Option<f64>) {
+    let Some(ms) = v else { return };
+    out.extend_from_slice(key);
+    if ms.is_finite() && (0.0..1e15).contains(&ms) {
+        // Non-negative: adding a half and truncating rounds (no libm call).
+        let us = (ms * 1000.0 + 0.5) as u64;
+        write_u64(out, us / 1000);
+        let frac = us % 1000;
+        out.extend_from_slice(&[
+            b'.',
+            b'0' + (frac / 100) as u8,
+            b'0' + (frac / 10 % 10) as u8,
+            b'0' + (frac % 10) as u8,
+        ]);
+    } else {
+        json_f64(out, ms);
+    }
+}
+
+/// A usage figure as `metering::round_ns` rounds it (nanosecond resolution), trailing zeros
+/// left out: `0.000197209`.
+fn json_ns(out: &mut Vec<u8>, v: f64) {
+    if !(v.is_finite() && (0.0..1e9).contains(&v)) {
+        return json_f64(out, crate::metering::round_ns(v));
+    }
+    let n = (v * 1e9).round() as u64;
+    write_u64(out, n / 1_000_000_000);
+    let mut frac = n % 1_000_000_000;
+    if frac == 0 {
+        out.extend_from_slice(b".0");
+        return;
+    }
+    let mut digits = [b'0'; 10];
+    digits[0] = b'.';
+    for d in digits[1..].iter_mut().rev() {
+        *d = b'0' + (frac % 10) as u8;
+        frac /= 10;
+    }
+    let end = digits.iter().rposition(|&d| d != b'0').map_or(1, |i| i + 1);
+    out.extend_from_slice(&digits[..end]);
+}
+
+fn write_u64(out: &mut Vec<u8>, mut v: u64) {
+    // Two digits per division.
+    const PAIRS: &[u8; 200] = b"00010203040506070809101112131415161718192021222324252627282930313233343536373839404142434445464748495051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899";
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    while v >= 100 {
+        let p = (v % 100) as usize * 2;
+        v /= 100;
+        i -= 2;
+        digits[i..i + 2].copy_from_slice(&PAIRS[p..p + 2]);
+    }
+    if v >= 10 {
+        let p = v as usize * 2;
+        i -= 2;
+        digits[i..i + 2].copy_from_slice(&PAIRS[p..p + 2]);
+    } else {
+        i -= 1;
+        digits[i] = b'0' + v as u8;
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// One line of an instance's stdout or stderr (process backends).
 #[derive(Debug, Serialize)]
 pub struct InstanceLog<'a> {
-    pub ts: String,
+    pub ts: super::Timestamp,
     pub kind: &'static str,
     pub function: &'a str,
     pub instance_id: &'a str,
@@ -281,6 +536,19 @@ impl LogSink {
 
     /// A line of `service` (a function's invocation or an instance's output).
     pub fn emit_for<T: Serialize>(&self, service: Option<&str>, line: &T) {
+        self.emit_with(service, |buf| serde_json::to_writer(buf, line).is_ok());
+    }
+
+    /// An invocation's line, with the hand-written encoder (one per invocation: the hot path).
+    pub fn emit_invocation(&self, service: Option<&str>, line: &InvocationLog<'_>) {
+        self.emit_with(service, |buf| {
+            line.write_json(buf);
+            true
+        });
+    }
+
+    /// `encode` writes the line into a scratch buffer (false: nothing to send).
+    fn emit_with(&self, service: Option<&str>, encode: impl FnOnce(&mut Vec<u8>) -> bool) {
         let Some(r) = &self.routes else { return };
         let sinks = match service {
             Some(s) if !r.services.is_empty() => r.services.get(s).unwrap_or(&r.global),
@@ -292,7 +560,7 @@ impl LogSink {
         // Serialised once into this thread's scratch buffer, then copied into each sink's.
         SCRATCH.with_borrow_mut(|buf| {
             buf.clear();
-            if serde_json::to_writer(&mut *buf, line).is_err() {
+            if !encode(buf) {
                 return;
             }
             for s in rest {
@@ -481,6 +749,10 @@ pub fn rotated(path: &Path, n: u32) -> PathBuf {
 
 impl Target for FileTarget {
     fn write_lines(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        // The usual case: the whole round fits under max_size, no line needs looking at.
+        if self.size + buf.len() as u64 <= self.max_size {
+            return self.append(buf);
+        }
         // Rotate between lines, never inside one: a line longer than max_size gets a file alone.
         let mut seg_start = 0;
         let mut line_start = 0;
@@ -789,5 +1061,105 @@ mod tests {
         assert_eq!(text(&g), "\"from-a\"\n\"from-other\"\n\"no-service\"\n");
         assert_eq!(text(&a), "\"from-a\"\n");
         assert_eq!(text(&b), "\"from-b\"\n");
+    }
+
+    #[test]
+    fn the_hand_written_invocation_line_is_the_derived_document() {
+        let usage = crate::metering::Usage {
+            busy_s: 0.012345678,
+            vcpu_s: 0.024691356,
+            memory_gb_s: 1e-9,
+            gpu_gb_s: 0.0,
+            gpu_type: Some("A10".into()),
+            billing: crate::metering::Billing::Request,
+        };
+        let full = InvocationLog {
+            ts: super::super::Timestamp::now(),
+            kind: "invocation",
+            request_id: "0123456789abcdef",
+            trigger: Some("echo-http"),
+            function: Some("demo/echo"),
+            instance_id: Some("demo-echo-1"),
+            instance_kind: Some("on-demand"),
+            cold_start_ms: Some(306.25),
+            cold_start_spawn_ms: Some(0.001),
+            cold_start_readiness_ms: Some(12_345_678.999),
+            task_id: Some("t-1"),
+            queue_wait_ms: 0.0,
+            upstream_ms: Some(2.0),
+            duration_ms: 1.5,
+            method: "POST",
+            path: "/echo/a\"b\\c\n\u{1}\u{7f}é/ünï",
+            protocol: "h2",
+            client: "::ffff:10.0.0.1".parse().unwrap(),
+            status: 502,
+            bytes_in: u64::MAX,
+            bytes_out: 0,
+            error: Some("upstream said \"no\"\r\n\t\u{8}\u{c}"),
+            tenant: Some("acme"),
+            usage: Some(&usage),
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+            span_id: Some("00f067aa0ba902b7"),
+        };
+        let bare = InvocationLog {
+            trigger: None,
+            function: None,
+            instance_id: None,
+            instance_kind: None,
+            cold_start_ms: None,
+            cold_start_spawn_ms: None,
+            cold_start_readiness_ms: None,
+            task_id: None,
+            upstream_ms: None,
+            client: "127.0.0.1".parse().unwrap(),
+            error: None,
+            tenant: None,
+            usage: None,
+            trace_id: None,
+            span_id: None,
+            ..full
+        };
+        for line in [&full, &bare] {
+            let mut buf = Vec::new();
+            line.write_json(&mut buf);
+            let hand: serde_json::Value = serde_json::from_slice(&buf)
+                .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&buf)));
+            assert_eq!(hand, serde_json::to_value(line).unwrap());
+            // Same fields in the same order, too.
+            assert_eq!(
+                String::from_utf8(buf.clone())
+                    .unwrap()
+                    .matches("\":")
+                    .count(),
+                serde_json::to_string(line).unwrap().matches("\":").count()
+            );
+        }
+    }
+
+    #[test]
+    fn strings_are_escaped_as_serde_json_escapes_them() {
+        let alphabet = [
+            'a', 'Z', '0', ' ', '"', '\\', '\n', '\u{1}', '\u{1f}', '\u{7f}', 'é', '€', '/',
+        ];
+        // Every position of a special character inside and around 8-byte words.
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        for len in 0..40 {
+            for _ in 0..50 {
+                let text: String = (0..len)
+                    .map(|_| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        alphabet[(seed % alphabet.len() as u64) as usize]
+                    })
+                    .collect();
+                let mut out = Vec::new();
+                json_str(&mut out, &text);
+                assert_eq!(
+                    String::from_utf8(out).unwrap(),
+                    serde_json::to_string(&text).unwrap()
+                );
+            }
+        }
     }
 }

@@ -72,6 +72,7 @@ pub const USAGE_FLUSH_FAILURES: &str = "fngate_usage_flush_failures_total";
 pub const STORE_COMMIT_COMMANDS: &str = "fngate_async_store_commit_commands";
 pub const STORE_COMMIT_DURATION: &str = "fngate_async_store_commit_seconds";
 pub const OTLP_EXPORT_FAILURES: &str = "fngate_otlp_export_failures_total";
+pub const TRACES_DROPPED: &str = "fngate_traces_dropped_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.00001, 0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -166,7 +167,11 @@ fn describe() {
     );
     describe_counter!(
         OTLP_EXPORT_FAILURES,
-        "OTLP exports (metrics pushes, log batches) the collector did not take, by signal"
+        "OTLP exports (metrics pushes, log batches, span batches) the collector did not take, by signal"
+    );
+    describe_counter!(
+        TRACES_DROPPED,
+        "Sampled invocation traces not exported, by reason (buffer_full, export_failed)"
     );
     describe_counter!(
         EVENTS_RECEIVED,
@@ -385,6 +390,12 @@ pub fn rejected_unrouted() {
 
 /// Request ids: unique per process run and hard to guess; 16 hex digits.
 pub fn next_request_id() -> RequestId {
+    RequestId::from_u64(unique_u64())
+}
+
+/// A number unique per process run and hard to guess: splitmix64 of a counter from a random
+/// seed (request ids, trace and span ids).
+pub(crate) fn unique_u64() -> u64 {
     static SEED: OnceLock<u64> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let seed = *SEED.get_or_init(|| {
@@ -399,7 +410,7 @@ pub fn next_request_id() -> RequestId {
         h.write_u32(std::process::id());
         h.finish()
     });
-    // splitmix64 is a bijection, so distinct counters give distinct ids.
+    // splitmix64 is a bijection, so distinct counters give distinct values.
     let mut z = seed.wrapping_add(
         COUNTER
             .fetch_add(1, Ordering::Relaxed)
@@ -407,8 +418,7 @@ pub fn next_request_id() -> RequestId {
     );
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    RequestId::from_u64(z)
+    z ^ (z >> 31)
 }
 
 /// A request id kept inline (no allocation) and usable as a header value.
@@ -462,28 +472,63 @@ pub fn base64(data: &[u8]) -> String {
 /// RFC 3339 UTC timestamp with milliseconds, without pulling in a date crate. Called for every
 /// log line: the date and time of day are formatted once per second per thread.
 pub fn rfc3339_now() -> String {
-    thread_local! {
-        static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
-    }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs();
-    let ms = now.subsec_millis();
-    SECOND.with_borrow_mut(|(at, prefix)| {
-        if *at != secs {
-            *at = secs;
-            *prefix = rfc3339_second(secs as i64);
+    Timestamp::now().as_str().to_owned()
+}
+
+/// An RFC 3339 UTC time with milliseconds (`2026-11-25T10:00:00.123Z`), kept inline: a log line
+/// carries one without allocating.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Timestamp([u8; 24]);
+
+impl Timestamp {
+    /// Now. The date and time of day are formatted once per second per thread.
+    pub fn now() -> Self {
+        thread_local! {
+            static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
         }
-        let mut out = String::with_capacity(24);
-        out.push_str(prefix);
-        out.push('.');
-        out.push(char::from(b'0' + (ms / 100) as u8));
-        out.push(char::from(b'0' + (ms / 10 % 10) as u8));
-        out.push(char::from(b'0' + (ms % 10) as u8));
-        out.push('Z');
-        out
-    })
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let secs = now.as_secs();
+        let ms = now.subsec_millis();
+        let (at, mut prefix) = SECOND.get();
+        if at != secs {
+            // Years past 9999 do not fit the fixed width; they are not expected in a log.
+            let p = rfc3339_second(secs as i64);
+            let n = p.len().min(19);
+            prefix[..n].copy_from_slice(&p.as_bytes()[..n]);
+            SECOND.set((secs, prefix));
+        }
+        let mut out = [0u8; 24];
+        out[..19].copy_from_slice(&prefix);
+        out[19] = b'.';
+        out[20] = b'0' + (ms / 100) as u8;
+        out[21] = b'0' + (ms / 10 % 10) as u8;
+        out[22] = b'0' + (ms % 10) as u8;
+        out[23] = b'Z';
+        Timestamp(out)
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or("1970-01-01T00:00:00.000Z")
+    }
+
+    /// The ASCII bytes (no UTF-8 check: log encoders copy them as they are).
+    pub fn as_bytes(&self) -> &[u8; 24] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 /// RFC 3339 UTC timestamp of a Unix second (`2026-11-25T10:00:00Z`).

@@ -1,6 +1,6 @@
-//! OTLP export of metrics and logs: the protobuf messages are built here and pushed from
-//! fngate's own threads (the metrics pusher, the OTLP log sink's writer), over HTTP/protobuf or
-//! gRPC. Nothing here runs on a request thread: a record call is the atomic add it already was
+//! OTLP export of metrics, logs and traces: the protobuf messages are built here (spans in
+//! `trace`) and pushed from fngate's own threads (the metrics pusher, the OTLP log sink's
+//! writer, the trace exporter), over HTTP/protobuf or gRPC. Nothing here runs on a request thread: a record call is the atomic add it already was
 //! (plus one for the OTLP side), a log line is appended to a sink's buffer like any other sink's.
 
 use crate::config::{OtlpProtocol, OtlpSpec};
@@ -101,6 +101,31 @@ impl Client {
         }
     }
 
+    /// An `ExportTraceServiceRequest` already encoded (spans are encoded straight from fngate's
+    /// records, `trace::encode`): posted as it is, or sent as the gRPC call's message.
+    pub fn export_traces(&self, encoded: Vec<u8>) -> Result<(), String> {
+        match &self.inner {
+            Inner::Http(_) => self.post("/v1/traces", encoded),
+            Inner::Grpc(rt, ch) => rt
+                .block_on(async {
+                    let mut grpc = tonic::client::Grpc::new(ch.clone());
+                    grpc.ready()
+                        .await
+                        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                    grpc.unary(
+                        tonic::Request::new(bytes::Bytes::from(encoded)),
+                        http::uri::PathAndQuery::from_static(
+                            "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                        ),
+                        RawCodec,
+                    )
+                    .await
+                })
+                .map(drop)
+                .map_err(|e| format!("{} (gRPC traces): {}", self.spec.endpoint, e.message())),
+        }
+    }
+
     pub fn export_metrics(&self, req: ExportMetricsServiceRequest) -> Result<(), String> {
         match &self.inner {
             Inner::Http(_) => self.post("/v1/metrics", req.encode_to_vec()),
@@ -112,6 +137,50 @@ impl Client {
     }
 }
 
+/// A gRPC codec for messages encoded elsewhere: the request is sent as its bytes, the answer
+/// (an export response, possibly with a partial-success note) is read and ignored.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = bytes::Bytes;
+    type Decode = ();
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: bytes::Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put(dst, item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = ();
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<()>, tonic::Status> {
+        let n = bytes::Buf::remaining(src);
+        bytes::Buf::advance(src, n);
+        Ok(Some(()))
+    }
+}
+
 fn now_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -119,14 +188,14 @@ fn now_nanos() -> u64 {
         .as_nanos() as u64
 }
 
-fn resource() -> Option<Resource> {
+pub(super) fn resource() -> Option<Resource> {
     Some(Resource {
         attributes: vec![kv("service.name", string("fngate"))],
         ..Default::default()
     })
 }
 
-fn scope() -> Option<InstrumentationScope> {
+pub(super) fn scope() -> Option<InstrumentationScope> {
     Some(InstrumentationScope {
         name: "fngate".into(),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -634,8 +703,20 @@ fn record(line: &[u8], observed: u64) -> LogRecord {
     {
         r.attributes.push(kv("service", string(service)));
     }
+    // The invocation's trace: the record's own fields, so a collector links log and span.
+    let id = |k: &str, out: &mut Vec<u8>, n: usize| {
+        let mut b = vec![0u8; n];
+        if let Some(h) = fields.get(k).and_then(|v| v.as_str())
+            && super::trace::unhex(h.as_bytes(), &mut b).is_some()
+        {
+            *out = b;
+        }
+    };
+    id("trace_id", &mut r.trace_id, 16);
+    id("span_id", &mut r.span_id, 8);
     for (k, v) in &fields {
-        if k == "ts" || (kind == "instance_log" && k == "line") {
+        if k == "ts" || k == "trace_id" || k == "span_id" || (kind == "instance_log" && k == "line")
+        {
             continue;
         }
         push_attr(&mut r.attributes, k, v);
@@ -694,10 +775,13 @@ mod tests {
     #[test]
     fn lines_become_records() {
         let r = record(
-            br#"{"ts":"2026-11-25T10:00:00.000Z","kind":"invocation","request_id":"ab","function":"shop/cart","status":503,"method":"GET","path":"/c","duration_ms":1.5,"usage":{"busy_ms":2},"error":null}"#,
+            br#"{"ts":"2026-11-25T10:00:00.000Z","kind":"invocation","request_id":"ab","function":"shop/cart","status":503,"method":"GET","path":"/c","duration_ms":1.5,"usage":{"busy_ms":2},"error":null,"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","span_id":"00f067aa0ba902b7"}"#,
             1,
         );
         assert_eq!(r.severity_number, ERROR);
+        assert_eq!(r.trace_id[..2], [0x4b, 0xf9]);
+        assert_eq!(r.trace_id.len(), 16);
+        assert_eq!(r.span_id, [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]);
         assert_eq!(r.body.unwrap().value, Some(string("GET /c 503")));
         let attr = |k: &str| {
             r.attributes
@@ -716,6 +800,7 @@ mod tests {
         assert_eq!(attr("usage.busy_ms"), Some(any_value::Value::IntValue(2)));
         assert_eq!(attr("error"), None);
         assert_eq!(attr("ts"), None);
+        assert_eq!(attr("trace_id"), None);
 
         let r = record(
             br#"{"ts":"2026-11-25T10:00:00.000Z","kind":"instance_log","function":"a/b","instance_id":"i1","stream":"stderr","line":"boom"}"#,

@@ -2,78 +2,140 @@
 //! decision, queue wait, cold start and the upstream call, exported over OTLP (HTTP/protobuf or
 //! gRPC).
 //!
-//! The root span starts when the request arrives (so its id can go to the backend in
-//! `traceparent` before the call) and ends with the invocation log line; the children are
-//! recorded then, from the timings the invocation record already keeps. Sampling is the SDK's
-//! parent-based ratio sampler: a client's `traceparent` decides when present (its sampled flag),
-//! the configured ratio otherwise. Unsampled requests still propagate `traceparent` (flag 00).
-//! Export runs on the batch processor's own thread; a slow or dead collector drops spans (the
-//! SDK's bounded queue), it never blocks a request.
+//! fngate records the spans itself instead of going through an OpenTelemetry SDK: an
+//! invocation's whole tree is known when its log line is written (the invocation record keeps
+//! the stage marks), so a sampled invocation hands one plain record to a bounded buffer and the
+//! exporter thread turns a batch of them into OTLP spans every `EXPORT_INTERVAL`. The request
+//! path never allocates a span object, never takes a channel per span and never wakes the
+//! exporter (an SDK span processor does all three for each of the six spans), and an unsampled
+//! invocation costs three random numbers.
+//!
+//! Sampling follows the OpenTelemetry parent-based trace-id-ratio sampler: a client's
+//! `traceparent` decides when present (its sampled flag), the configured ratio of trace ids
+//! otherwise. Unsampled requests still propagate `traceparent` (flag 00). A slow or dead
+//! collector makes the buffer fill up; then traces are dropped and counted
+//! (`fngate_traces_dropped_total`), never waited for.
 
-use crate::config::{OtlpProtocol, OtlpSpec};
+use super::otlp::Client;
+use crate::config::OtlpSpec;
 use http::{HeaderMap, HeaderValue};
-use opentelemetry::trace::{
-    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
-    TraceState, Tracer as _, TracerProvider as _,
-};
-use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, Tracer};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-static TRACING: OnceLock<(SdkTracerProvider, Tracer)> = OnceLock::new();
 pub static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
-/// Starts the exporter (once per process). Over HTTP spans go to `{endpoint}/v1/traces`; over
-/// gRPC the exporter's channel runs on the caller's runtime (call this inside it).
+/// Sampled invocations buffered for export; past this they are dropped and counted.
+pub const MAX_PENDING_TRACES: usize = 8192;
+/// The exporter sends what has accumulated this long after the first trace of a round.
+const EXPORT_INTERVAL: Duration = Duration::from_millis(500);
+/// Past this many buffered traces the exporter is woken at once.
+const EXPORT_EARLY: usize = 1024;
+/// Spans per export request (collectors cap message sizes).
+const SPANS_PER_REQUEST: usize = 4096;
+
+static TRACING: OnceLock<Tracing> = OnceLock::new();
+
+struct Tracing {
+    /// A trace started here is sampled when its id's low 63 bits fall under this bound.
+    bound: u64,
+    /// Ratio 1.0: every trace (the bound cannot say "all").
+    always: bool,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    pending: Mutex<Pending>,
+    /// Wakes the exporter (first trace of a round, a full round, shutdown).
+    wake: Condvar,
+    /// Tells `shutdown` the exporter has sent its last round.
+    done: Condvar,
+}
+
+#[derive(Default)]
+struct Pending {
+    trees: Vec<Finished>,
+    closed: bool,
+    exited: bool,
+}
+
+/// Starts the exporter thread (once per process).
 pub fn init(otlp: &OtlpSpec, sample_ratio: f64) -> Result<(), String> {
     if TRACING.get().is_some() {
         return Ok(());
     }
-    let endpoint = &otlp.endpoint;
-    let exporter = match otlp.protocol {
-        OtlpProtocol::Http => opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_endpoint(format!("{endpoint}/v1/traces"))
-            .with_timeout(Duration::from_secs(5))
-            .build(),
-        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint.clone())
-            .with_timeout(Duration::from_secs(5))
-            .build(),
+    // Fails early on a malformed endpoint; the exporter builds its own client on its thread.
+    if let crate::config::OtlpProtocol::Grpc = otlp.protocol {
+        tonic::transport::Endpoint::from_shared(otlp.endpoint.clone())
+            .map_err(|e| format!("cannot use the OTLP endpoint {}: {e}", otlp.endpoint))?;
     }
-    .map_err(|e| format!("cannot build the OTLP exporter for {endpoint}: {e}"))?;
-    let provider = SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            sample_ratio,
-        ))))
-        .with_resource(Resource::builder().with_service_name("fngate").build())
-        .build();
-    let tracer = provider.tracer("fngate");
-    let _ = TRACING.set((provider, tracer));
+    let shared = Arc::new(Shared {
+        pending: Mutex::new(Pending::default()),
+        wake: Condvar::new(),
+        done: Condvar::new(),
+    });
+    let (spec, s) = (otlp.clone(), shared.clone());
+    std::thread::Builder::new()
+        .name("fngate-traces".into())
+        .spawn(move || exporter(&s, &spec))
+        .map_err(|e| format!("cannot start the trace exporter: {e}"))?;
+    let _ = TRACING.set(Tracing {
+        bound: ratio_bound(sample_ratio),
+        always: sample_ratio >= 1.0,
+        shared,
+    });
     Ok(())
 }
 
-/// Flushes what is buffered (at shutdown).
-pub fn shutdown() {
-    if let Some((provider, _)) = TRACING.get() {
-        let _ = provider.force_flush();
-        let _ = provider.shutdown();
+/// OpenTelemetry's `TraceIdRatioBased`: the trace id's low 8 bytes, shifted right once, are
+/// compared with `ratio × 2^63`, so every process samples the same trace ids.
+fn ratio_bound(ratio: f64) -> u64 {
+    if ratio <= 0.0 {
+        0
+    } else {
+        (ratio.min(1.0) * (1u64 << 63) as f64) as u64
     }
 }
 
-/// `00-{trace id}-{span id}-{flags}` → a remote parent; anything else is ignored.
-fn parse_traceparent(v: &HeaderValue) -> Option<SpanContext> {
+fn sampled_by_ratio(trace_id: &[u8; 16], bound: u64, always: bool) -> bool {
+    let low = u64::from_be_bytes(trace_id[8..].try_into().expect("8 bytes"));
+    always || (low >> 1) < bound
+}
+
+/// Sends what is buffered and stops the exporter, waiting up to 3 s (at shutdown).
+pub fn shutdown() {
+    let Some(t) = TRACING.get() else { return };
+    let sh = &*t.shared;
+    let mut p = lock(&sh.pending);
+    p.closed = true;
+    sh.wake.notify_one();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !p.exited {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        p = sh
+            .done
+            .wait_timeout(p, left)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+}
+
+fn lock(m: &Mutex<Pending>) -> MutexGuard<'_, Pending> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `00-{trace id}-{span id}-{flags}` → (trace id, parent span id, sampled); anything else is
+/// ignored (the request starts a trace of its own).
+fn parse_traceparent(v: &HeaderValue) -> Option<([u8; 16], [u8; 8], bool)> {
     let s = v.to_str().ok()?.trim();
     let mut parts = s.split('-');
     let (version, trace, span, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     if version.len() != 2
         || version == "ff"
+        || !version.bytes().all(|b| b.is_ascii_hexdigit())
         || trace.len() != 32
         || span.len() != 16
         || flags.len() != 2
@@ -84,63 +146,102 @@ fn parse_traceparent(v: &HeaderValue) -> Option<SpanContext> {
     if version == "00" && parts.next().is_some() {
         return None;
     }
-    let trace_id = TraceId::from_hex(trace).ok()?;
-    let span_id = SpanId::from_hex(span).ok()?;
-    if trace_id == TraceId::INVALID || span_id == SpanId::INVALID {
+    let mut trace_id = [0u8; 16];
+    let mut span_id = [0u8; 8];
+    unhex(trace.as_bytes(), &mut trace_id)?;
+    unhex(span.as_bytes(), &mut span_id)?;
+    let mut f = [0u8; 1];
+    unhex(flags.as_bytes(), &mut f)?;
+    if trace_id == [0; 16] || span_id == [0; 8] {
         return None;
     }
-    let flags = u8::from_str_radix(flags, 16).ok()?;
-    Some(SpanContext::new(
-        trace_id,
-        span_id,
-        TraceFlags::new(flags & 1),
-        true,
-        TraceState::default(),
-    ))
+    Some((trace_id, span_id, f[0] & 1 == 1))
+}
+
+/// Lower- or upper-case hex digits → bytes; `None` on anything else.
+pub(crate) fn unhex(hex: &[u8], out: &mut [u8]) -> Option<()> {
+    fn digit(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
+    if hex.len() != out.len() * 2 {
+        return None;
+    }
+    for (o, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        *o = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(())
+}
+
+/// Bytes → lower-case hex, in place.
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 15)];
+    }
 }
 
 /// `00-{trace id}-{span id}-{flags}`, hex-encoded in place: sent on every request, so no
 /// formatting machinery.
 fn traceparent_value(trace: [u8; 16], span: [u8; 8], flags: u8) -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    fn hex(out: &mut [u8], bytes: &[u8]) {
-        for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-            pair[0] = HEX[usize::from(b >> 4)];
-            pair[1] = HEX[usize::from(b & 15)];
-        }
-    }
     let mut out = *b"00-________________________________-________________-__";
-    hex(&mut out[3..35], &trace);
-    hex(&mut out[36..52], &span);
-    hex(&mut out[53..55], &[flags]);
+    hex_into(&mut out[3..35], &trace);
+    hex_into(&mut out[36..52], &span);
+    hex_into(&mut out[53..55], &[flags]);
     HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-/// The trace of one invocation, from arrival to the log line.
+/// The trace of one invocation, from arrival to the log line: its ids and whether it is sampled.
+#[derive(Debug)]
 pub struct Invocation {
-    span: opentelemetry_sdk::trace::Span,
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    /// The client's span, when it sent a valid `traceparent`.
+    parent: Option<[u8; 8]>,
+    sampled: bool,
 }
 
-impl std::fmt::Debug for Invocation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Invocation")
-            .field("context", self.span.span_context())
-            .finish()
-    }
-}
-
-/// Starts an invocation's root span when tracing is configured.
+/// Starts an invocation's trace when tracing is configured.
 pub fn start(headers: &HeaderMap) -> Option<Invocation> {
-    let (_, tracer) = TRACING.get()?;
-    let parent = match headers.get(&TRACEPARENT).and_then(parse_traceparent) {
-        Some(sc) => Context::new().with_remote_span_context(sc),
-        None => Context::new(),
-    };
-    let span = tracer
-        .span_builder("invocation")
-        .with_kind(SpanKind::Server)
-        .start_with_context(tracer, &parent);
-    Some(Invocation { span })
+    let t = TRACING.get()?;
+    let span_id = nonzero_id::<8>();
+    Some(
+        match headers.get(&TRACEPARENT).and_then(parse_traceparent) {
+            Some((trace_id, parent, sampled)) => Invocation {
+                trace_id,
+                span_id,
+                parent: Some(parent),
+                sampled,
+            },
+            None => {
+                let trace_id = nonzero_id::<16>();
+                Invocation {
+                    trace_id,
+                    span_id,
+                    parent: None,
+                    sampled: sampled_by_ratio(&trace_id, t.bound, t.always),
+                }
+            }
+        },
+    )
+}
+
+/// A random id that is not all zeros (W3C: an all-zero id is invalid).
+fn nonzero_id<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    for chunk in out.chunks_mut(8) {
+        let r = super::unique_u64().to_be_bytes();
+        chunk.copy_from_slice(&r[..chunk.len()]);
+    }
+    if out.iter().all(|&b| b == 0) {
+        out[N - 1] = 1;
+    }
+    out
 }
 
 /// Wall-clock time of a monotonic instant, given one pair read together.
@@ -151,47 +252,325 @@ pub fn wall(at: Instant, now: Instant, now_wall: SystemTime) -> SystemTime {
     }
 }
 
+/// A span attribute's value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Attr {
+    Str(String),
+    Int(i64),
+    F64(f64),
+}
+
+/// A finished invocation's span tree, as the exporter takes it.
+#[derive(Debug)]
+pub struct Finished {
+    pub start: SystemTime,
+    pub end: SystemTime,
+    /// Child spans: name, start, end.
+    pub children: Vec<(&'static str, SystemTime, SystemTime)>,
+    pub attributes: Vec<(&'static str, Attr)>,
+    pub error: Option<String>,
+    ids: Option<Ids>,
+}
+
+/// Trace id, the invocation's span id, and the caller's span when it sent one.
+type Ids = ([u8; 16], [u8; 8], Option<[u8; 8]>);
+
+impl Finished {
+    pub fn new(start: SystemTime, end: SystemTime) -> Self {
+        Finished {
+            start,
+            end,
+            children: Vec::with_capacity(5),
+            attributes: Vec::with_capacity(12),
+            error: None,
+            ids: None,
+        }
+    }
+}
+
 impl Invocation {
     /// The header for the backend: this invocation's span as the parent.
     pub fn traceparent(&self) -> HeaderValue {
-        let sc = self.span.span_context();
-        traceparent_value(
-            sc.trace_id().to_bytes(),
-            sc.span_id().to_bytes(),
-            sc.trace_flags().to_u8(),
-        )
+        traceparent_value(self.trace_id, self.span_id, u8::from(self.sampled))
     }
 
     pub fn is_sampled(&self) -> bool {
-        self.span.span_context().is_sampled()
+        self.sampled
     }
 
-    /// A finished child span.
-    pub fn child(&self, name: &'static str, start: SystemTime, end: SystemTime) {
-        let Some((_, tracer)) = TRACING.get() else {
+    /// The trace id and the invocation's span id in hex, for the log line.
+    pub fn ids_hex(&self) -> ([u8; 32], [u8; 16]) {
+        let (mut t, mut s) = ([0u8; 32], [0u8; 16]);
+        hex_into(&mut t, &self.trace_id);
+        hex_into(&mut s, &self.span_id);
+        (t, s)
+    }
+
+    /// Hands a sampled invocation's tree to the exporter; never waits. A full buffer drops it.
+    pub fn finish(self, mut tree: Finished) {
+        if !self.sampled {
             return;
-        };
-        let parent = Context::new().with_remote_span_context(self.span.span_context().clone());
-        let mut child = tracer
-            .span_builder(name)
-            .with_kind(if name == "upstream call" {
-                SpanKind::Client
-            } else {
-                SpanKind::Internal
-            })
-            .with_start_time(start)
-            .start_with_context(tracer, &parent);
-        child.end_with_timestamp(end);
+        }
+        let Some(t) = TRACING.get() else { return };
+        tree.ids = Some((self.trace_id, self.span_id, self.parent));
+        let sh = &*t.shared;
+        let mut p = lock(&sh.pending);
+        let n = p.trees.len();
+        if n >= MAX_PENDING_TRACES || p.closed {
+            drop(p);
+            metrics::counter!(super::TRACES_DROPPED, "reason" => "buffer_full").increment(1);
+            return;
+        }
+        p.trees.push(tree);
+        drop(p);
+        // The first trace of a round starts the exporter's timer; a large round wakes it early.
+        if n == 0 || n + 1 == EXPORT_EARLY {
+            sh.wake.notify_one();
+        }
+    }
+}
+
+/// The exporter thread: `EXPORT_INTERVAL` after the first trace of a round (sooner for a large
+/// round or at shutdown) it takes the buffer and sends it as one or a few OTLP requests. The
+/// client is built here, off the gateway's runtime; a failed export drops its traces (counted)
+/// and the next round tries again.
+fn exporter(sh: &Shared, spec: &OtlpSpec) {
+    let mut client: Option<Client> = None;
+    let mut failing = false;
+    let mut batch = Vec::new();
+    loop {
+        let mut p = lock(&sh.pending);
+        while p.trees.is_empty() && !p.closed {
+            p = sh.wake.wait(p).unwrap_or_else(|e| e.into_inner());
+        }
+        let tick = Instant::now() + EXPORT_INTERVAL;
+        while !p.closed && p.trees.len() < EXPORT_EARLY {
+            let left = tick.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            p = sh
+                .wake
+                .wait_timeout(p, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        std::mem::swap(&mut p.trees, &mut batch);
+        let closed = p.closed;
+        drop(p);
+        if !batch.is_empty() {
+            let n = batch.len() as u64;
+            if client.is_none() {
+                match Client::new(spec) {
+                    Ok(c) => client = Some(c),
+                    Err(e) => tracing::warn!("trace exporter: {e}"),
+                }
+            }
+            let sent = match &client {
+                Some(c) => export(c, batch.drain(..)),
+                None => Err("no OTLP client".to_owned()),
+            };
+            batch.clear();
+            match sent {
+                Ok(()) if failing => {
+                    tracing::info!("trace export works again");
+                    failing = false;
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    metrics::counter!(super::OTLP_EXPORT_FAILURES, "signal" => "traces")
+                        .increment(1);
+                    metrics::counter!(super::TRACES_DROPPED, "reason" => "export_failed")
+                        .increment(n);
+                    if !failing {
+                        tracing::warn!("trace export failed, dropping traces: {e}");
+                        failing = true;
+                    }
+                }
+            }
+        }
+        if closed {
+            let mut p = lock(&sh.pending);
+            p.exited = true;
+            drop(p);
+            sh.done.notify_all();
+            return;
+        }
+    }
+}
+
+fn export(client: &Client, trees: impl Iterator<Item = Finished>) -> Result<(), String> {
+    let mut spans = Vec::with_capacity(64 * 1024);
+    let (mut n, mut scratch) = (0, Vec::with_capacity(1024));
+    for tree in trees {
+        n += encode_tree(&tree, &mut spans, &mut scratch);
+        if n >= SPANS_PER_REQUEST {
+            client.export_traces(encode_request(&spans))?;
+            spans.clear();
+            n = 0;
+        }
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    client.export_traces(encode_request(&spans))
+}
+
+fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64
+}
+
+/// Span flags (OTLP): the W3C sampled flag, and whether the parent's remoteness is known / true.
+const FLAG_SAMPLED: u32 = 0x01;
+const FLAG_HAS_IS_REMOTE: u32 = 0x100;
+const FLAG_IS_REMOTE: u32 = 0x200;
+/// OTLP `SpanKind` and `StatusCode` values.
+const KIND_INTERNAL: u64 = 1;
+const KIND_SERVER: u64 = 2;
+const KIND_CLIENT: u64 = 3;
+const STATUS_ERROR: u64 = 2;
+
+/// The protobuf wire format, written directly: the export is the only consumer of a span, so it
+/// is encoded from the invocation's record with no message objects in between (building and
+/// encoding those cost more than the rest of the request's telemetry).
+mod pb {
+    pub fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
     }
 
-    /// Ends the root span with its attributes.
-    pub fn finish(mut self, attributes: Vec<KeyValue>, error: Option<&str>, end: SystemTime) {
-        self.span.set_attributes(attributes);
-        if let Some(e) = error {
-            self.span.set_status(Status::error(e.to_owned()));
-        }
-        self.span.end_with_timestamp(end);
+    pub fn varint_len(v: u64) -> usize {
+        (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
     }
+
+    pub fn key(out: &mut Vec<u8>, field: u32, wire: u8) {
+        varint(out, u64::from(field << 3 | u32::from(wire)));
+    }
+
+    pub fn uint(out: &mut Vec<u8>, field: u32, v: u64) {
+        key(out, field, 0);
+        varint(out, v);
+    }
+
+    pub fn fixed64(out: &mut Vec<u8>, field: u32, v: u64) {
+        key(out, field, 1);
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+
+    pub fn fixed32(out: &mut Vec<u8>, field: u32, v: u32) {
+        key(out, field, 5);
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+
+    /// A `bytes`, `string` or embedded message field.
+    pub fn bytes(out: &mut Vec<u8>, field: u32, data: &[u8]) {
+        key(out, field, 2);
+        varint(out, data.len() as u64);
+        out.extend_from_slice(data);
+    }
+
+    /// A `KeyValue` (key, `AnyValue`) as field `field`: lengths are computed, not buffered.
+    pub fn attr(out: &mut Vec<u8>, field: u32, k: &str, v: &super::Attr) {
+        use super::Attr;
+        let value_len = match v {
+            Attr::Str(s) => 1 + varint_len(s.len() as u64) + s.len(),
+            Attr::Int(i) => 1 + varint_len(*i as u64),
+            Attr::F64(_) => 1 + 8,
+        };
+        let kv_len =
+            1 + varint_len(k.len() as u64) + k.len() + 1 + varint_len(value_len as u64) + value_len;
+        key(out, field, 2);
+        varint(out, kv_len as u64);
+        bytes(out, 1, k.as_bytes());
+        key(out, 2, 2);
+        varint(out, value_len as u64);
+        match v {
+            Attr::Str(s) => bytes(out, 1, s.as_bytes()),
+            Attr::Int(i) => uint(out, 3, *i as u64),
+            Attr::F64(f) => fixed64(out, 4, f.to_bits()),
+        }
+    }
+}
+
+/// Appends one invocation's spans (children, then the root) to `out` as `ScopeSpans.spans`
+/// fields; returns how many.
+fn encode_tree(tree: &Finished, out: &mut Vec<u8>, scratch: &mut Vec<u8>) -> usize {
+    let Some((trace_id, root_id, parent)) = tree.ids else {
+        return 0;
+    };
+    for (name, start, end) in &tree.children {
+        scratch.clear();
+        pb::bytes(scratch, 1, &trace_id);
+        pb::bytes(scratch, 2, &nonzero_id::<8>());
+        pb::bytes(scratch, 4, &root_id);
+        pb::bytes(scratch, 5, name.as_bytes());
+        let kind = if *name == "upstream call" {
+            KIND_CLIENT
+        } else {
+            KIND_INTERNAL
+        };
+        pb::uint(scratch, 6, kind);
+        pb::fixed64(scratch, 7, nanos(*start));
+        pb::fixed64(scratch, 8, nanos(*end));
+        pb::fixed32(scratch, 16, FLAG_SAMPLED | FLAG_HAS_IS_REMOTE);
+        pb::bytes(out, 2, scratch);
+    }
+    scratch.clear();
+    pb::bytes(scratch, 1, &trace_id);
+    pb::bytes(scratch, 2, &root_id);
+    if let Some(p) = parent {
+        pb::bytes(scratch, 4, &p);
+    }
+    pb::bytes(scratch, 5, b"invocation");
+    pb::uint(scratch, 6, KIND_SERVER);
+    pb::fixed64(scratch, 7, nanos(tree.start));
+    pb::fixed64(scratch, 8, nanos(tree.end));
+    for (k, v) in &tree.attributes {
+        pb::attr(scratch, 9, k, v);
+    }
+    if let Some(message) = &tree.error {
+        let len = 1 + pb::varint_len(message.len() as u64) + message.len() + 2;
+        pb::key(scratch, 15, 2);
+        pb::varint(scratch, len as u64);
+        pb::bytes(scratch, 2, message.as_bytes());
+        pb::uint(scratch, 3, STATUS_ERROR);
+    }
+    let remote = if parent.is_some() { FLAG_IS_REMOTE } else { 0 };
+    pb::fixed32(scratch, 16, FLAG_SAMPLED | FLAG_HAS_IS_REMOTE | remote);
+    pb::bytes(out, 2, scratch);
+    tree.children.len() + 1
+}
+
+/// `ExportTraceServiceRequest { resource_spans: [{ resource, scope_spans: [{ scope, spans }] }] }`
+/// around already encoded spans; the resource and scope are the other signals' (`otlp`).
+fn encode_request(spans: &[u8]) -> Vec<u8> {
+    use prost::Message as _;
+    static HEAD: OnceLock<(Vec<u8>, Vec<u8>)> = OnceLock::new();
+    let (resource, scope) = HEAD.get_or_init(|| {
+        let (mut r, mut s) = (Vec::new(), Vec::new());
+        if let Some(res) = super::otlp::resource() {
+            pb::bytes(&mut r, 1, &res.encode_to_vec());
+        }
+        if let Some(sc) = super::otlp::scope() {
+            pb::bytes(&mut s, 1, &sc.encode_to_vec());
+        }
+        (r, s)
+    });
+    let scope_spans_len = scope.len() + spans.len();
+    let resource_spans_len =
+        resource.len() + 1 + pb::varint_len(scope_spans_len as u64) + scope_spans_len;
+    let mut out = Vec::with_capacity(resource_spans_len + 16);
+    pb::key(&mut out, 1, 2);
+    pb::varint(&mut out, resource_spans_len as u64);
+    out.extend_from_slice(resource);
+    pb::key(&mut out, 2, 2);
+    pb::varint(&mut out, scope_spans_len as u64);
+    out.extend_from_slice(scope);
+    out.extend_from_slice(spans);
+    out
 }
 
 #[cfg(test)]
@@ -202,31 +581,34 @@ mod tests {
     fn traceparent_parsing() {
         let ok =
             HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
-        let sc = parse_traceparent(&ok).unwrap();
-        assert_eq!(
-            sc.trace_id().to_string(),
-            "4bf92f3577b34da6a3ce929d0e0e4736"
-        );
-        assert_eq!(sc.span_id().to_string(), "00f067aa0ba902b7");
-        assert!(sc.is_sampled() && sc.is_remote());
+        let (trace, span, sampled) = parse_traceparent(&ok).unwrap();
+        assert_eq!(trace[0], 0x4b);
+        assert_eq!(trace[15], 0x36);
+        assert_eq!(span, [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]);
+        assert!(sampled);
         let unsampled =
             HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
-        assert!(!parse_traceparent(&unsampled).unwrap().is_sampled());
+        assert!(!parse_traceparent(&unsampled).unwrap().2);
         for bad in [
             "",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
             "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "0x-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
             "00-xyz92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
         ] {
             assert!(
                 parse_traceparent(&HeaderValue::from_static(bad)).is_none(),
                 "{bad}"
             );
         }
+        // A later version may carry more fields.
+        let v01 = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-more";
+        assert!(parse_traceparent(&HeaderValue::from_static(v01)).is_some());
     }
 
     #[test]
@@ -243,6 +625,105 @@ mod tests {
             traceparent_value([0xff; 16], [0xff; 8], 0),
             "00-ffffffffffffffffffffffffffffffff-ffffffffffffffff-00"
         );
+    }
+
+    #[test]
+    fn ratio_sampling_takes_that_share_of_trace_ids() {
+        let (bound, always) = (ratio_bound(0.1), false);
+        let n = 100_000;
+        let hits = (0..n)
+            .filter(|_| sampled_by_ratio(&nonzero_id::<16>(), bound, always))
+            .count();
+        assert!((9_000..11_000).contains(&hits), "{hits} of {n}");
+        assert!(!sampled_by_ratio(&[0xff; 16], ratio_bound(0.0), false));
+        assert!(sampled_by_ratio(&[0xff; 16], ratio_bound(1.0), true));
+        // The same id gets the same decision whatever process decides (OpenTelemetry's rule):
+        // the id's low 63 bits against the bound.
+        let bound = ratio_bound(0.1);
+        let mut id = [0u8; 16];
+        id[8..].copy_from_slice(&((bound - 1) << 1).to_be_bytes());
+        assert!(sampled_by_ratio(&id, bound, false));
+        id[8..].copy_from_slice(&(bound << 1).to_be_bytes());
+        assert!(!sampled_by_ratio(&id, bound, false));
+    }
+
+    #[test]
+    fn a_tree_becomes_a_root_span_and_its_children() {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use opentelemetry_proto::tonic::common::v1::any_value::Value;
+        use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+        use prost::Message as _;
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let mut tree = Finished::new(t0, t0 + Duration::from_millis(5));
+        tree.children
+            .push(("trigger match", t0, t0 + Duration::from_micros(10)));
+        tree.children.push((
+            "upstream call",
+            t0 + Duration::from_millis(1),
+            t0 + Duration::from_millis(5),
+        ));
+        tree.attributes.extend([
+            ("http.response.status_code", Attr::Int(502)),
+            ("url.path", Attr::Str("/a/é".repeat(100))),
+            ("fngate.cold_start_ms", Attr::F64(306.25)),
+            ("negative", Attr::Int(-3)),
+        ]);
+        tree.error = Some("upstream failed".into());
+        tree.ids = Some(([7; 16], [8; 8], Some([9; 8])));
+        let mut unparented = Finished::new(t0, t0);
+        unparented.ids = Some(([1; 16], [2; 8], None));
+        let (mut spans, mut scratch) = (Vec::new(), Vec::new());
+        assert_eq!(encode_tree(&tree, &mut spans, &mut scratch), 3);
+        assert_eq!(encode_tree(&unparented, &mut spans, &mut scratch), 1);
+        // What a collector decodes.
+        let req = ExportTraceServiceRequest::decode(&encode_request(&spans)[..]).unwrap();
+        let rs = &req.resource_spans[0];
+        assert_eq!(rs.resource, super::super::otlp::resource());
+        assert_eq!(rs.scope_spans[0].scope, super::super::otlp::scope());
+        let spans = &rs.scope_spans[0].spans;
+        assert_eq!(spans.len(), 4);
+        let root = &spans[2];
+        assert_eq!(root.name, "invocation");
+        assert_eq!(root.span_id, vec![8; 8]);
+        assert_eq!(root.parent_span_id, vec![9; 8]);
+        assert_eq!(root.kind, SpanKind::Server as i32);
+        assert_eq!(root.flags, 0x301);
+        assert_eq!(root.status.as_ref().unwrap().message, "upstream failed");
+        assert_eq!(root.status.as_ref().unwrap().code, 2);
+        assert_eq!(root.start_time_unix_nano, 1_800_000_000_000_000_000);
+        assert_eq!(
+            root.end_time_unix_nano - root.start_time_unix_nano,
+            5_000_000
+        );
+        let attr = |i: usize| {
+            let kv = &root.attributes[i];
+            (kv.key.as_str(), kv.value.clone().unwrap().value.unwrap())
+        };
+        assert_eq!(attr(0), ("http.response.status_code", Value::IntValue(502)));
+        assert_eq!(
+            attr(1),
+            ("url.path", Value::StringValue("/a/é".repeat(100)))
+        );
+        assert_eq!(
+            attr(2),
+            ("fngate.cold_start_ms", Value::DoubleValue(306.25))
+        );
+        assert_eq!(attr(3), ("negative", Value::IntValue(-3)));
+        for child in &spans[..2] {
+            assert_eq!(child.trace_id, vec![7; 16]);
+            assert_eq!(child.parent_span_id, vec![8; 8]);
+            assert_eq!(child.flags, 0x101);
+            assert_ne!(child.span_id, root.span_id);
+        }
+        assert_eq!(spans[0].name, "trigger match");
+        assert_eq!(spans[0].kind, SpanKind::Internal as i32);
+        assert_eq!(
+            spans[0].end_time_unix_nano - spans[0].start_time_unix_nano,
+            10_000
+        );
+        assert_eq!(spans[1].kind, SpanKind::Client as i32);
+        assert!(spans[3].parent_span_id.is_empty() && spans[3].status.is_none());
+        assert_eq!(spans[3].flags, 0x101);
     }
 
     #[test]
