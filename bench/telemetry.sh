@@ -3,7 +3,8 @@
 #   off: per-invocation log lines off, no traces (metrics are always recorded: the Prometheus
 #        recorder is the one way fngate counts);
 #   on:  log lines on (stdout to /dev/null and a size-rotated file sink), OTLP traces at
-#        sample_ratio 0.1 to a real collector (rotel, printing nothing, discarding spans).
+#        sample_ratio 0.1 to a real collector (rotel, printing nothing, discarding spans);
+#   on_file: the same with the file sink alone.
 # wrk closed loop, CONNS connections, plaintext HTTP/1.1 keep-alive, GET /bytes/1024 through one
 # static-backend function; ROUNDS interleaved rounds. Pinning as bench/run.sh: fngate on core 0
 # with one worker; wrk, the backend and the collector on core 1. Raw output: bench/out/telemetry/.
@@ -63,17 +64,20 @@ TOML
     python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['plaintext'])" "$dir/data/listeners.json"
 }
 ON=$'log = { stdout = true, file = { path = "logs/fngate.log", max_size = "64MiB", keep = 2 } }\notlp = { endpoint = "http://127.0.0.1:39118" }\ntraces = { sample_ratio = 0.1 }'
+# on_file: the same with one log sink, the file (what a deployment that ships files would run).
+ON_FILE=${ON/stdout = true/stdout = false}
+CFGS="off on on_file ${BASE:+on_base}"
 declare -A addr
 # Not `$(start_gw …)`: a subshell would lose the PID start_gw records.
-for cfg in off on ${BASE:+on_base}; do
-    case $cfg in off) sec='log = { stdout = false }' b= ;; on) sec=$ON b= ;; on_base) sec=$ON b=$BASE ;; esac
+for cfg in $CFGS; do
+    case $cfg in off) sec='log = { stdout = false }' b= ;; on) sec=$ON b= ;; on_file) sec=$ON_FILE b= ;; on_base) sec=$ON b=$BASE ;; esac
     start_gw "$cfg" "$sec" "$b" >"$out/$cfg.addr"
     addr[$cfg]=$(cat "$out/$cfg.addr")
 done
 
 declare -A res cpu
 for r in $(seq "$ROUNDS"); do
-    for cfg in off on ${BASE:+on_base}; do
+    for cfg in $CFGS; do
         a=${addr[$cfg]}; p=${gwpid[$cfg]}
         t0=$(cpu_ticks "$p")
         taskset -c 1 wrk -t1 -c"$CONNS" -d"${DUR}s" "http://$a/b/bytes/1024" >"$out/wrk-$cfg-$r.txt"
@@ -85,7 +89,7 @@ for r in $(seq "$ROUNDS"); do
         res[$cfg]+="$rps "; cpu[$cfg]+="$us "
     done
 done
-for cfg in off on ${BASE:+on_base}; do
+for cfg in $CFGS; do
     printf '%s\n' ${res[$cfg]} | sort -n | awk -v c="$cfg" '{a[NR]=$1} END {printf "%s: median %.0f req/s (min %.0f, max %.0f)\n", c, a[int((NR+1)/2)], a[1], a[NR]}'
     printf '%s\n' ${cpu[$cfg]} | sort -n | awk -v c="$cfg" '{a[NR]=$1} END {printf "%s_cpu: median %.1f us/request (min %.1f, max %.1f)\n", c, a[int((NR+1)/2)], a[1], a[NR]}'
 done | tee "$out/summary.txt"
@@ -95,6 +99,7 @@ m = {k: float(v) for k, v in re.findall(r"^(\w+): median ([\d.]+)", open(sys.arg
 off, on = m["off"], m["on"]
 print(f"on/off = {on/off:.3f} ({(1 - on/off) * 100:.1f}% lower throughput with telemetry on)")
 print(f"CPU per request on/off = {m['on_cpu']/m['off_cpu']:.3f}")
+print(f"on_file/off = {m['on_file']/off:.3f} ({(1 - m['on_file']/off) * 100:.1f}% lower throughput), CPU per request {m['on_file_cpu']/m['off_cpu']:.3f}")
 if "on_base" in m:
     print(f"on: this build / BASE = {on/m['on_base']:.3f} (throughput), {m['on_cpu']/m['on_base_cpu']:.3f} (CPU per request)")
 PY

@@ -124,7 +124,16 @@ async fn amqp_messages_are_acked_once_stored_rejected_when_bad_and_consumed_acro
     let (q1, q2) = ("amqp-test-events", "amqp-test-events-2");
 
     // The gateway first: its queue does not exist yet, the consumer retries until it does.
+    // The queue is declared only once a retry was counted (declared sooner, it could beat the
+    // consumer's first attempt).
     let gw = Gateway::start(&config(&rabbit.url, q1, &be.url()));
+    let reconnects = ["fngate_event_source_reconnects_total", "source=\"bus\""];
+    eventually(
+        "the missing queue made the consumer retry",
+        Duration::from_secs(20),
+        || async { metric(&gw, reconnects[0], &reconnects[1..]).await >= 1.0 },
+    )
+    .await;
     let (_conn, ch) = channel(&rabbit.url).await;
     declare(&ch, q1).await;
 
@@ -152,9 +161,7 @@ async fn amqp_messages_are_acked_once_stored_rejected_when_bad_and_consumed_acro
         "a rejected message is not redelivered"
     );
     assert_eq!(queue_state(&ch, q1).await, (0, 1));
-    let reconnects = ["fngate_event_source_reconnects_total", "source=\"bus\""];
     let before = metric(&gw, reconnects[0], &reconnects[1..]).await;
-    assert!(before >= 1.0, "the missing queue made the consumer retry");
 
     // The broker drops every connection: the consumer reconnects and goes on.
     rabbit.ctl(&["close_all_connections", "test: dropped by the broker"]);
