@@ -24,7 +24,7 @@ use crate::policy::{
 };
 use crate::scheduler::{Acquired, ScheduleError, Slot};
 use crate::state::{Gateway, Runtime};
-use crate::telemetry::{self, InvocationLog, Reject, RequestId, UpstreamFailure};
+use crate::telemetry::{self, Hex, InvocationLog, Ms, Reject, RequestId, UpstreamFailure};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, Uri, Version, header};
 use http_body::{Body, Frame, SizeHint};
@@ -910,7 +910,8 @@ impl Record {
                 .window
                 .record(self.status, elapsed, self.error.is_some());
         }
-        let traced = self.trace.as_ref().is_some_and(|t| t.is_sampled());
+        let trace = self.trace.take();
+        let traced = trace.as_ref().is_some_and(|t| t.is_sampled());
         if rt.log.is_off() && !traced {
             // No sink and no span wants the line: skip building it.
             return;
@@ -920,11 +921,7 @@ impl Record {
             .and_then(|i| rt.config.triggers.get(i))
             .map(|t| t.name.as_str());
         let fspec = self.function.map(|i| &rt.config.functions[i]);
-        let ids = self.trace.as_ref().map(|t| t.ids_hex());
-        fn hex(b: &[u8]) -> Option<&str> {
-            std::str::from_utf8(b).ok()
-        }
-        let ms = telemetry::millis;
+        let ids = trace.as_ref().map(|t| t.ids_hex());
         let line = InvocationLog {
             ts: telemetry::Timestamp::now(),
             kind: "invocation",
@@ -933,13 +930,13 @@ impl Record {
             function: fspec.map(|f| f.id.as_str()),
             instance_id: self.instance.as_ref().map(|i| &*i.id),
             instance_kind: self.instance.as_ref().map(|i| i.kind().as_str()),
-            cold_start_ms: self.cold_start.map(|(w, _)| ms(w)),
-            cold_start_spawn_ms: self.cold_start.map(|(_, c)| ms(c.spawn)),
-            cold_start_readiness_ms: self.cold_start.map(|(_, c)| ms(c.readiness)),
+            cold_start_ms: self.cold_start.map(|(w, _)| Ms(w)),
+            cold_start_spawn_ms: self.cold_start.map(|(_, c)| Ms(c.spawn)),
+            cold_start_readiness_ms: self.cold_start.map(|(_, c)| Ms(c.readiness)),
             task_id: self.task_id.as_deref(),
-            queue_wait_ms: ms(self.queue_wait),
-            upstream_ms: self.upstream_start.map(|s| ms(s.elapsed())),
-            duration_ms: ms(elapsed),
+            queue_wait_ms: Ms(self.queue_wait),
+            upstream_ms: self.upstream_start.map(|s| Ms(s.elapsed())),
+            duration_ms: Ms(elapsed),
             method: self.method.as_str(),
             path: self.uri.path(),
             protocol: match self.version {
@@ -954,12 +951,12 @@ impl Record {
             error: self.error.as_deref(),
             tenant: self.tenant.as_deref(),
             usage: self.usage.as_ref(),
-            trace_id: ids.as_ref().and_then(|(t, _)| hex(t)),
-            span_id: ids.as_ref().and_then(|(_, s)| hex(s)),
+            trace_id: ids.map(|(t, _)| Hex(t)),
+            span_id: ids.map(|(_, s)| Hex(s)),
         };
         rt.log
             .emit_invocation(fspec.map(|f| f.service.as_str()), &line);
-        if let Some(trace) = self.trace.take()
+        if let Some(trace) = &trace
             && trace.is_sampled()
         {
             self.export_trace(trace, &line);
@@ -967,35 +964,32 @@ impl Record {
     }
 
     /// The invocation's span tree, from the marks this record kept.
-    fn export_trace(&self, trace: telemetry::trace::Invocation, line: &InvocationLog<'_>) {
+    fn export_trace(&self, trace: &telemetry::trace::Invocation, line: &InvocationLog<'_>) {
         use telemetry::trace::{Attr, Finished};
         let now = Instant::now();
         let now_wall = std::time::SystemTime::now();
         let wall = |at: Instant| telemetry::trace::wall(at, now, now_wall);
         let mut tree = Finished::new(wall(self.start), now_wall);
         if let Some(m) = self.matched_at {
-            tree.children
-                .push(("trigger match", wall(self.start), wall(m)));
+            tree.child("trigger match", wall(self.start), wall(m));
         }
         if let Some((a, b)) = self.plugins_span {
-            tree.children.push(("plugin decision", wall(a), wall(b)));
+            tree.child("plugin decision", wall(a), wall(b));
         }
         if let Some(up) = self.upstream_start {
             if !self.queue_wait.is_zero() {
-                tree.children
-                    .push(("queue wait", wall(up - self.queue_wait), wall(up)));
+                tree.child("queue wait", wall(up - self.queue_wait), wall(up));
             }
             if let Some((waited, _)) = self.cold_start {
-                tree.children
-                    .push(("cold start", wall(up - waited), wall(up)));
+                tree.child("cold start", wall(up - waited), wall(up));
             }
-            tree.children.push(("upstream call", wall(up), now_wall));
+            tree.child("upstream call", wall(up), now_wall);
         }
-        let s = |v: &str| Attr::Str(v.to_owned());
+        tree.attributes.reserve_exact(11);
         tree.attributes.extend([
-            ("fngate.request_id", s(line.request_id)),
-            ("http.request.method", s(line.method)),
-            ("url.path", s(line.path)),
+            ("fngate.request_id", Attr::Str(line.request_id)),
+            ("http.request.method", Attr::Str(line.method)),
+            ("url.path", Attr::Str(line.path)),
             (
                 "http.response.status_code",
                 Attr::Int(i64::from(line.status)),
@@ -1010,15 +1004,15 @@ impl Record {
             ("fngate.tenant", line.tenant),
         ] {
             if let Some(v) = v {
-                tree.attributes.push((k, s(v)));
+                tree.attributes.push((k, Attr::Str(v)));
             }
         }
         if let Some(ms) = line.cold_start_ms {
             tree.attributes
-                .push(("fngate.cold_start_ms", Attr::F64(ms)));
+                .push(("fngate.cold_start_ms", Attr::F64(ms.as_f64())));
         }
-        tree.error = line.error.map(str::to_owned);
-        trace.finish(tree);
+        tree.error = line.error;
+        trace.finish(&tree);
     }
 }
 

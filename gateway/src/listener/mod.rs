@@ -14,6 +14,7 @@ pub mod tls;
 use crate::body::{Guarded, ResponseBody};
 use crate::config::Limits;
 use crate::invoker::ConnInfo;
+use futures_util::future::Either;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -157,12 +158,15 @@ async fn serve_conn<IO, H, F>(
             .framing
             .get()
             .is_some_and(|e| e.conflicting(req.headers()));
-        let fut = (!refuse).then(|| handler(info, req));
+        // The handler's future is several kilobytes: boxed once here, hyper moves a pointer
+        // (its dispatcher moves the service's future a few times on the way to polling it).
+        let fut = if refuse {
+            Either::Right(std::future::ready(refuse_conflicting_framing(info)))
+        } else {
+            Either::Left(Box::pin(handler(info, req)))
+        };
         async move {
-            let resp = match fut {
-                Some(fut) => fut.await,
-                None => refuse_conflicting_framing(info),
-            };
+            let resp = fut.await;
             Ok::<_, std::convert::Infallible>(resp.map(|b| Guarded { inner: b, guard }))
         }
     });

@@ -43,18 +43,18 @@ pub struct InvocationLog<'a> {
     pub instance_kind: Option<&'static str>,
     /// Set when the request waited for a cold start: its wait, then the instance's split.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cold_start_ms: Option<f64>,
+    pub cold_start_ms: Option<Ms>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cold_start_spawn_ms: Option<f64>,
+    pub cold_start_spawn_ms: Option<Ms>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cold_start_readiness_ms: Option<f64>,
+    pub cold_start_readiness_ms: Option<Ms>,
     /// The task id of an async request (answered 202).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task_id: Option<&'a str>,
-    pub queue_wait_ms: f64,
+    pub queue_wait_ms: Ms,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub upstream_ms: Option<f64>,
-    pub duration_ms: f64,
+    pub upstream_ms: Option<Ms>,
+    pub duration_ms: Ms,
     pub method: &'a str,
     pub path: &'a str,
     pub protocol: &'static str,
@@ -73,9 +73,45 @@ pub struct InvocationLog<'a> {
     /// The invocation's trace and span (hex) when traces are configured, sampled or not: the
     /// backend got them in `traceparent`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub trace_id: Option<&'a str>,
+    pub trace_id: Option<Hex<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub span_id: Option<&'a str>,
+    pub span_id: Option<Hex<'a>>,
+}
+
+/// A duration written as milliseconds with microsecond resolution (`12.345`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ms(pub Duration);
+
+impl Ms {
+    /// Whole microseconds, rounded to nearest.
+    pub fn micros(self) -> u64 {
+        let d = self.0;
+        d.as_secs()
+            .saturating_mul(1_000_000)
+            .saturating_add(u64::from((d.subsec_nanos() + 500) / 1000))
+    }
+
+    /// As a float, for span attributes and the derived document.
+    pub fn as_f64(self) -> f64 {
+        self.micros() as f64 / 1e3
+    }
+}
+
+impl Serialize for Ms {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(self.as_f64())
+    }
+}
+
+/// Lower-case hex digits (trace and span ids), taken from the `traceparent` text the request
+/// already carries: copied into the line as they are.
+#[derive(Debug, Clone, Copy)]
+pub struct Hex<'a>(pub &'a [u8]);
+
+impl Serialize for Hex<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(std::str::from_utf8(self.0).unwrap_or_default())
+    }
 }
 
 impl InvocationLog<'_> {
@@ -83,6 +119,17 @@ impl InvocationLog<'_> {
     /// holds the two equal) without serde's generic machinery or float formatting, since every
     /// invocation writes one.
     pub fn write_json(&self, out: &mut Vec<u8>) {
+        // The fixed part of a line is under 700 bytes: one reservation, no growth on the way
+        // (escapes may still grow it).
+        out.reserve(
+            700 + self.path.len()
+                + self.error.map_or(0, str::len)
+                + self.instance_id.map_or(0, str::len)
+                + self.trigger.map_or(0, str::len)
+                + self.function.map_or(0, str::len)
+                + self.task_id.map_or(0, str::len)
+                + self.tenant.map_or(0, str::len),
+        );
         out.extend_from_slice(b"{\"ts\":\"");
         out.extend_from_slice(self.ts.as_bytes());
         out.extend_from_slice(b"\",\"kind\":");
@@ -147,8 +194,17 @@ impl InvocationLog<'_> {
             out.extend_from_slice(u.billing.as_str().as_bytes());
             out.extend_from_slice(b"\"}");
         }
-        opt_raw(out, b",\"trace_id\":", self.trace_id);
-        opt_raw(out, b",\"span_id\":", self.span_id);
+        for (key, hex) in [
+            (&b",\"trace_id\":\""[..], self.trace_id),
+            (b",\"span_id\":\"", self.span_id),
+        ] {
+            if let Some(Hex(h)) = hex {
+                debug_assert!(h.iter().all(u8::is_ascii_hexdigit));
+                out.extend_from_slice(key);
+                out.extend_from_slice(h);
+                out.push(b'"');
+            }
+        }
         out.push(b'}');
     }
 }
@@ -159,6 +215,12 @@ impl InvocationLog<'_> {
 fn json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let b = s.as_bytes();
+    if !any_escape(b) {
+        // The usual case: names, paths and messages without quotes or control characters.
+        out.extend_from_slice(b);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     let mut i = 0;
     while i < b.len() {
@@ -180,6 +242,22 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
     }
     out.extend_from_slice(&b[start..]);
     out.push(b'"');
+}
+
+/// Whether any byte of `b` needs escaping, eight at a time; the last few bytes are padded
+/// into one more word with a plain letter instead of being looked at one by one.
+#[inline(always)]
+fn any_escape(b: &[u8]) -> bool {
+    let mut words = b.chunks_exact(8);
+    for w in &mut words {
+        if needs_escape(u64::from_le_bytes(w.try_into().expect("8 bytes"))) {
+            return true;
+        }
+    }
+    let rest = words.remainder();
+    let mut last = [b'a'; 8];
+    last[..rest.len()].copy_from_slice(rest);
+    needs_escape(u64::from_le_bytes(last))
 }
 
 /// True when one of the eight bytes is `"`, `\` or below 0x20 (bytes ≥ 0x80, UTF-8, never
@@ -248,25 +326,16 @@ fn opt_str(out: &mut Vec<u8>, key: &[u8], v: Option<&str>) {
     }
 }
 
-/// Milliseconds as `telemetry::millis` rounds them (whole microseconds): `12.345`.
+/// Milliseconds with three decimals (whole microseconds): `12.345`.
 #[inline(always)]
-fn opt_ms(out: &mut Vec<u8>, key: &[u8], v: Option<f64>) {
+fn opt_ms(out: &mut Vec<u8>, key: &[u8], v: Option<Ms>) {
     let Some(ms) = v else { return };
     out.extend_from_slice(key);
-    if ms.is_finite() && (0.0..1e15).contains(&ms) {
-        // Non-negative: adding a half and truncating rounds (no libm call).
-        let us = (ms * 1000.0 + 0.5) as u64;
-        write_u64(out, us / 1000);
-        let frac = us % 1000;
-        out.extend_from_slice(&[
-            b'.',
-            b'0' + (frac / 100) as u8,
-            b'0' + (frac / 10 % 10) as u8,
-            b'0' + (frac % 10) as u8,
-        ]);
-    } else {
-        json_f64(out, ms);
-    }
+    let us = ms.micros();
+    write_u64(out, us / 1000);
+    let frac = (us % 1000) as usize;
+    let p = frac % 100 * 2;
+    out.extend_from_slice(&[b'.', b'0' + (frac / 100) as u8, PAIRS[p], PAIRS[p + 1]]);
 }
 
 /// A usage figure as `metering::round_ns` rounds it (nanosecond resolution), trailing zeros
@@ -275,26 +344,66 @@ fn json_ns(out: &mut Vec<u8>, v: f64) {
     if !(v.is_finite() && (0.0..1e9).contains(&v)) {
         return json_f64(out, crate::metering::round_ns(v));
     }
-    let n = (v * 1e9).round() as u64;
+    // `(v * 1e9).round()` without the libm call: non-negative and below 2^52, so the truncated
+    // value and the remainder are exact, and a half rounds up (away from zero) as `round` does.
+    let x = v * 1e9;
+    // Below 2^63: the signed conversion is one instruction, the unsigned one a branchy few.
+    let mut n = x as i64 as u64;
+    if x - n as f64 >= 0.5 {
+        n += 1;
+    }
     write_u64(out, n / 1_000_000_000);
-    let mut frac = n % 1_000_000_000;
+    let frac = n % 1_000_000_000;
     if frac == 0 {
         out.extend_from_slice(b".0");
         return;
     }
-    let mut digits = [b'0'; 10];
-    digits[0] = b'.';
-    for d in digits[1..].iter_mut().rev() {
-        *d = b'0' + (frac % 10) as u8;
-        frac /= 10;
-    }
-    let end = digits.iter().rposition(|&d| d != b'0').map_or(1, |i| i + 1);
+    let digits = nine_digits(frac);
+    let end = digits.iter().rposition(|&d| d != b'0').map_or(0, |i| i + 1);
+    out.push(b'.');
     out.extend_from_slice(&digits[..end]);
 }
 
-fn write_u64(out: &mut Vec<u8>, mut v: u64) {
-    // Two digits per division.
-    const PAIRS: &[u8; 200] = b"00010203040506070809101112131415161718192021222324252627282930313233343536373839404142434445464748495051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899";
+/// `v` (below 10^9) as exactly nine digits, zeros in front: a fixed sequence of divisions.
+fn nine_digits(v: u64) -> [u8; 9] {
+    let pair = |n: u64| {
+        let p = n as usize * 2;
+        [PAIRS[p], PAIRS[p + 1]]
+    };
+    let (hi, lo) = (v / 100_000, v % 100_000);
+    let (a, b) = (pair(hi / 100), pair(hi % 100));
+    let (c, d) = (pair(lo % 10_000 / 100), pair(lo % 100));
+    [
+        a[0],
+        a[1],
+        b[0],
+        b[1],
+        b'0' + (lo / 10_000) as u8,
+        c[0],
+        c[1],
+        d[0],
+        d[1],
+    ]
+}
+
+/// Two digits per division.
+const PAIRS: &[u8; 200] = b"00010203040506070809101112131415161718192021222324252627282930313233343536373839404142434445464748495051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899";
+
+#[inline(always)]
+fn write_u64(out: &mut Vec<u8>, v: u64) {
+    // Most figures in a line are small (IPv4 octets, milliseconds, byte counts of 0).
+    if v < 10 {
+        out.push(b'0' + v as u8);
+    } else if v < 100 {
+        let p = v as usize * 2;
+        out.extend_from_slice(&PAIRS[p..p + 2]);
+    } else {
+        write_large(out, v);
+    }
+}
+
+#[inline(never)]
+fn write_large(out: &mut Vec<u8>, mut v: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     while v >= 100 {
@@ -1081,13 +1190,14 @@ mod tests {
             function: Some("demo/echo"),
             instance_id: Some("demo-echo-1"),
             instance_kind: Some("on-demand"),
-            cold_start_ms: Some(306.25),
-            cold_start_spawn_ms: Some(0.001),
-            cold_start_readiness_ms: Some(12_345_678.999),
+            cold_start_ms: Some(Ms(Duration::from_micros(306_250))),
+            // Rounded to the nearest microsecond: down, then up.
+            cold_start_spawn_ms: Some(Ms(Duration::from_nanos(1_499))),
+            cold_start_readiness_ms: Some(Ms(Duration::from_nanos(12_345_678_999_500))),
             task_id: Some("t-1"),
-            queue_wait_ms: 0.0,
-            upstream_ms: Some(2.0),
-            duration_ms: 1.5,
+            queue_wait_ms: Ms(Duration::ZERO),
+            upstream_ms: Some(Ms(Duration::from_secs(2))),
+            duration_ms: Ms(Duration::from_micros(1_500)),
             method: "POST",
             path: "/echo/a\"b\\c\n\u{1}\u{7f}é/ünï",
             protocol: "h2",
@@ -1098,8 +1208,8 @@ mod tests {
             error: Some("upstream said \"no\"\r\n\t\u{8}\u{c}"),
             tenant: Some("acme"),
             usage: Some(&usage),
-            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
-            span_id: Some("00f067aa0ba902b7"),
+            trace_id: Some(Hex(b"4bf92f3577b34da6a3ce929d0e0e4736")),
+            span_id: Some(Hex(b"00f067aa0ba902b7")),
         };
         let bare = InvocationLog {
             trigger: None,
@@ -1133,6 +1243,42 @@ mod tests {
                     .count(),
                 serde_json::to_string(line).unwrap().matches("\":").count()
             );
+        }
+    }
+
+    #[test]
+    fn figures_are_written_as_their_rounding_says() {
+        let text = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut out = Vec::new();
+            f(&mut out);
+            String::from_utf8(out).unwrap()
+        };
+        for (d, want) in [
+            (Duration::ZERO, "0.000"),
+            (Duration::from_nanos(499), "0.000"),
+            (Duration::from_nanos(500), "0.001"),
+            (Duration::from_micros(1_500), "1.500"),
+            (Duration::from_nanos(12_345_678_999_500), "12345679.000"),
+        ] {
+            assert_eq!(text(&|o| opt_ms(o, b"", Some(Ms(d)))), want, "{d:?}");
+        }
+        for (v, want) in [
+            (0.0, "0.0"),
+            (1e-9, "0.000000001"),
+            (0.000197209, "0.000197209"),
+            (0.1, "0.1"),
+            (12.000000001, "12.000000001"),
+            (3600.5, "3600.5"),
+        ] {
+            assert_eq!(text(&|o| json_ns(o, v)), want, "{v}");
+            let derived: f64 = want.parse().unwrap();
+            assert_eq!(derived, crate::metering::round_ns(v), "{v}");
+        }
+        for v in [0, 7, 10, 99, 100, 255, 1_000, 65_535, u64::MAX] {
+            assert_eq!(text(&|o| write_u64(o, v)), v.to_string());
+        }
+        for v in [0, 7, 10, 99_999, 100_000, 123_456_789, 999_999_999] {
+            assert_eq!(nine_digits(v), *format!("{v:09}").as_bytes());
         }
     }
 

@@ -11,7 +11,9 @@ pub mod otlp;
 pub mod trace;
 pub mod window;
 
-pub use log::{FileTarget, InstanceLog, InvocationLog, LogSink, Sink, SinkRegistry, rotated};
+pub use log::{
+    FileTarget, Hex, InstanceLog, InvocationLog, LogSink, Ms, Sink, SinkRegistry, rotated,
+};
 pub use window::{Window, WindowSnapshot};
 
 use metrics::{Counter, Gauge, Histogram};
@@ -421,17 +423,33 @@ pub(crate) fn unique_u64() -> u64 {
     z ^ (z >> 31)
 }
 
+/// Each byte's two lower-case hex digits.
+pub const HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [HEX[i >> 4], HEX[i & 15]];
+        i += 1;
+    }
+    t
+};
+
+/// `bytes` in lower-case hex into `out` (twice as long): request ids, trace and span ids.
+pub fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(b)]);
+    }
+}
+
 /// A request id kept inline (no allocation) and usable as a header value.
 #[derive(Clone, Copy)]
 pub struct RequestId([u8; 16]);
 
 impl RequestId {
     fn from_u64(v: u64) -> Self {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut out = [0u8; 16];
-        for (i, b) in out.iter_mut().enumerate() {
-            *b = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
-        }
+        hex_into(&mut out, &v.to_be_bytes());
         RequestId(out)
     }
 

@@ -4,11 +4,12 @@
 //!
 //! fngate records the spans itself instead of going through an OpenTelemetry SDK: an
 //! invocation's whole tree is known when its log line is written (the invocation record keeps
-//! the stage marks), so a sampled invocation hands one plain record to a bounded buffer and the
-//! exporter thread turns a batch of them into OTLP spans every `EXPORT_INTERVAL`. The request
-//! path never allocates a span object, never takes a channel per span and never wakes the
-//! exporter (an SDK span processor does all three for each of the six spans), and an unsampled
-//! invocation costs three random numbers.
+//! the stage marks), so a sampled invocation's spans are encoded as OTLP protobuf right there,
+//! from borrowed strings, and appended to one bounded buffer; the exporter thread sends what
+//! has accumulated every `EXPORT_INTERVAL`. The request path never allocates a span object,
+//! never takes a channel per span and never wakes the exporter (an SDK span processor does all
+//! three for each of the six spans), and an unsampled invocation costs three random numbers and
+//! its `traceparent`.
 //!
 //! Sampling follows the OpenTelemetry parent-based trace-id-ratio sampler: a client's
 //! `traceparent` decides when present (its sampled flag), the configured ratio of trace ids
@@ -26,6 +27,8 @@ pub static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("tracep
 
 /// Sampled invocations buffered for export; past this they are dropped and counted.
 pub const MAX_PENDING_TRACES: usize = 8192;
+/// Encoded spans buffered for export, in bytes; past this traces are dropped and counted.
+pub const MAX_PENDING_BYTES: usize = 8 << 20;
 /// The exporter sends what has accumulated this long after the first trace of a round.
 const EXPORT_INTERVAL: Duration = Duration::from_millis(500);
 /// Past this many buffered traces the exporter is woken at once.
@@ -53,7 +56,10 @@ struct Shared {
 
 #[derive(Default)]
 struct Pending {
-    trees: Vec<Finished>,
+    /// Encoded `Span` messages (as `ScopeSpans.spans` fields), trace after trace.
+    spans: Vec<u8>,
+    /// Where each trace's spans end in `spans`, and how many it has.
+    ends: Vec<(usize, usize)>,
     closed: bool,
     exited: bool,
 }
@@ -177,23 +183,19 @@ pub(crate) fn unhex(hex: &[u8], out: &mut [u8]) -> Option<()> {
     Some(())
 }
 
-/// Bytes → lower-case hex, in place.
-fn hex_into(out: &mut [u8], bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = HEX[usize::from(b >> 4)];
-        pair[1] = HEX[usize::from(b & 15)];
-    }
+/// `00-{trace id}-{span id}-{flags}`, hex-encoded in place: made for every request, so no
+/// formatting machinery.
+fn traceparent_text(trace: [u8; 16], span: [u8; 8], flags: u8) -> [u8; 55] {
+    let mut out = *b"00-________________________________-________________-__";
+    super::hex_into(&mut out[3..35], &trace);
+    super::hex_into(&mut out[36..52], &span);
+    super::hex_into(&mut out[53..55], &[flags]);
+    out
 }
 
-/// `00-{trace id}-{span id}-{flags}`, hex-encoded in place: sent on every request, so no
-/// formatting machinery.
+#[cfg(test)]
 fn traceparent_value(trace: [u8; 16], span: [u8; 8], flags: u8) -> HeaderValue {
-    let mut out = *b"00-________________________________-________________-__";
-    hex_into(&mut out[3..35], &trace);
-    hex_into(&mut out[36..52], &span);
-    hex_into(&mut out[53..55], &[flags]);
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
+    HeaderValue::from_bytes(&traceparent_text(trace, span, flags)).expect("hex and dashes")
 }
 
 /// The trace of one invocation, from arrival to the log line: its ids and whether it is sampled.
@@ -204,6 +206,8 @@ pub struct Invocation {
     /// The client's span, when it sent a valid `traceparent`.
     parent: Option<[u8; 8]>,
     sampled: bool,
+    /// The `traceparent` for the backend, whose hex ids the log line copies too.
+    text: [u8; 55],
 }
 
 /// Starts an invocation's trace when tracing is configured.
@@ -212,20 +216,13 @@ pub fn start(headers: &HeaderMap) -> Option<Invocation> {
     let span_id = nonzero_id::<8>();
     Some(
         match headers.get(&TRACEPARENT).and_then(parse_traceparent) {
-            Some((trace_id, parent, sampled)) => Invocation {
-                trace_id,
-                span_id,
-                parent: Some(parent),
-                sampled,
-            },
+            Some((trace_id, parent, sampled)) => {
+                Invocation::new(trace_id, span_id, Some(parent), sampled)
+            }
             None => {
                 let trace_id = nonzero_id::<16>();
-                Invocation {
-                    trace_id,
-                    span_id,
-                    parent: None,
-                    sampled: sampled_by_ratio(&trace_id, t.bound, t.always),
-                }
+                let sampled = sampled_by_ratio(&trace_id, t.bound, t.always);
+                Invocation::new(trace_id, span_id, None, sampled)
             }
         },
     )
@@ -254,79 +251,121 @@ pub fn wall(at: Instant, now: Instant, now_wall: SystemTime) -> SystemTime {
 
 /// A span attribute's value.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Attr {
-    Str(String),
+pub enum Attr<'a> {
+    Str(&'a str),
     Int(i64),
     F64(f64),
 }
 
-/// A finished invocation's span tree, as the exporter takes it.
+/// Most children a tree has: trigger match, plugin decision, queue wait, cold start, upstream.
+const MAX_CHILDREN: usize = 5;
+
+/// A finished invocation's span tree, borrowing from the invocation's record: encoded at once.
 #[derive(Debug)]
-pub struct Finished {
+pub struct Finished<'a> {
     pub start: SystemTime,
     pub end: SystemTime,
-    /// Child spans: name, start, end.
-    pub children: Vec<(&'static str, SystemTime, SystemTime)>,
-    pub attributes: Vec<(&'static str, Attr)>,
-    pub error: Option<String>,
-    ids: Option<Ids>,
+    /// Child spans: name, start, end (at most `MAX_CHILDREN`; more are left out).
+    children: [(&'static str, SystemTime, SystemTime); MAX_CHILDREN],
+    n_children: usize,
+    pub attributes: Vec<(&'static str, Attr<'a>)>,
+    pub error: Option<&'a str>,
 }
 
 /// Trace id, the invocation's span id, and the caller's span when it sent one.
 type Ids = ([u8; 16], [u8; 8], Option<[u8; 8]>);
 
-impl Finished {
+impl<'a> Finished<'a> {
     pub fn new(start: SystemTime, end: SystemTime) -> Self {
         Finished {
             start,
             end,
-            children: Vec::with_capacity(5),
-            attributes: Vec::with_capacity(12),
+            children: [("", UNIX_EPOCH, UNIX_EPOCH); MAX_CHILDREN],
+            n_children: 0,
+            attributes: Vec::new(),
             error: None,
-            ids: None,
         }
+    }
+
+    pub fn child(&mut self, name: &'static str, start: SystemTime, end: SystemTime) {
+        if let Some(slot) = self.children.get_mut(self.n_children) {
+            *slot = (name, start, end);
+            self.n_children += 1;
+        }
+    }
+
+    fn children(&self) -> &[(&'static str, SystemTime, SystemTime)] {
+        &self.children[..self.n_children]
     }
 }
 
+thread_local! {
+    /// Encoding buffers of this thread: the tree's spans, and one span while its length is
+    /// not known yet.
+    static SCRATCH: std::cell::RefCell<(Vec<u8>, Vec<u8>)> =
+        std::cell::RefCell::new((Vec::with_capacity(4096), Vec::with_capacity(1024)));
+}
+
 impl Invocation {
+    fn new(trace_id: [u8; 16], span_id: [u8; 8], parent: Option<[u8; 8]>, sampled: bool) -> Self {
+        Invocation {
+            trace_id,
+            span_id,
+            parent,
+            sampled,
+            text: traceparent_text(trace_id, span_id, u8::from(sampled)),
+        }
+    }
+
     /// The header for the backend: this invocation's span as the parent.
     pub fn traceparent(&self) -> HeaderValue {
-        traceparent_value(self.trace_id, self.span_id, u8::from(self.sampled))
+        HeaderValue::from_bytes(&self.text).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 
     pub fn is_sampled(&self) -> bool {
         self.sampled
     }
 
-    /// The trace id and the invocation's span id in hex, for the log line.
-    pub fn ids_hex(&self) -> ([u8; 32], [u8; 16]) {
-        let (mut t, mut s) = ([0u8; 32], [0u8; 16]);
-        hex_into(&mut t, &self.trace_id);
-        hex_into(&mut s, &self.span_id);
-        (t, s)
+    /// The trace id and the invocation's span id in lower-case hex, for the log line.
+    pub fn ids_hex(&self) -> (&[u8], &[u8]) {
+        (&self.text[3..35], &self.text[36..52])
     }
 
-    /// Hands a sampled invocation's tree to the exporter; never waits. A full buffer drops it.
-    pub fn finish(self, mut tree: Finished) {
+    /// Encodes a sampled invocation's tree for the exporter; never waits. A full buffer drops
+    /// it (counted).
+    pub fn finish(&self, tree: &Finished<'_>) {
         if !self.sampled {
             return;
         }
         let Some(t) = TRACING.get() else { return };
-        tree.ids = Some((self.trace_id, self.span_id, self.parent));
-        let sh = &*t.shared;
-        let mut p = lock(&sh.pending);
-        let n = p.trees.len();
-        if n >= MAX_PENDING_TRACES || p.closed {
+        let ids = (self.trace_id, self.span_id, self.parent);
+        SCRATCH.with_borrow_mut(|(spans, msg)| {
+            spans.clear();
+            let count = encode_tree(tree, ids, spans, msg);
+            let sh = &*t.shared;
+            let mut p = lock(&sh.pending);
+            let n = p.ends.len();
+            if n >= MAX_PENDING_TRACES
+                || p.spans.len() + spans.len() > MAX_PENDING_BYTES
+                || p.closed
+            {
+                drop(p);
+                metrics::counter!(super::TRACES_DROPPED, "reason" => "buffer_full").increment(1);
+                return;
+            }
+            p.spans.extend_from_slice(spans);
+            let end = p.spans.len();
+            p.ends.push((end, count));
             drop(p);
-            metrics::counter!(super::TRACES_DROPPED, "reason" => "buffer_full").increment(1);
-            return;
-        }
-        p.trees.push(tree);
-        drop(p);
-        // The first trace of a round starts the exporter's timer; a large round wakes it early.
-        if n == 0 || n + 1 == EXPORT_EARLY {
-            sh.wake.notify_one();
-        }
+            // The first trace of a round starts the exporter's timer; a large round wakes it
+            // early.
+            if n == 0 || n + 1 == EXPORT_EARLY {
+                sh.wake.notify_one();
+            }
+            if spans.capacity() > 64 * 1024 {
+                *spans = Vec::with_capacity(4096);
+            }
+        });
     }
 }
 
@@ -336,15 +375,17 @@ impl Invocation {
 /// and the next round tries again.
 fn exporter(sh: &Shared, spec: &OtlpSpec) {
     let mut client: Option<Client> = None;
+    let mut no_client = String::new();
     let mut failing = false;
-    let mut batch = Vec::new();
+    // The last round's emptied buffers take the next round's traces (no allocation per round).
+    let (mut spans, mut ends) = (Vec::new(), Vec::new());
     loop {
         let mut p = lock(&sh.pending);
-        while p.trees.is_empty() && !p.closed {
+        while p.ends.is_empty() && !p.closed {
             p = sh.wake.wait(p).unwrap_or_else(|e| e.into_inner());
         }
         let tick = Instant::now() + EXPORT_INTERVAL;
-        while !p.closed && p.trees.len() < EXPORT_EARLY {
+        while !p.closed && p.ends.len() < EXPORT_EARLY {
             let left = tick.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -355,22 +396,30 @@ fn exporter(sh: &Shared, spec: &OtlpSpec) {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        std::mem::swap(&mut p.trees, &mut batch);
+        std::mem::swap(&mut p.spans, &mut spans);
+        std::mem::swap(&mut p.ends, &mut ends);
         let closed = p.closed;
         drop(p);
-        if !batch.is_empty() {
-            let n = batch.len() as u64;
+        if !ends.is_empty() {
+            let n = ends.len() as u64;
             if client.is_none() {
+                // Tried again each round; the failure below says why it could not be built.
                 match Client::new(spec) {
                     Ok(c) => client = Some(c),
-                    Err(e) => tracing::warn!("trace exporter: {e}"),
+                    Err(e) => no_client = format!("building the OTLP client: {e}"),
                 }
             }
             let sent = match &client {
-                Some(c) => export(c, batch.drain(..)),
-                None => Err("no OTLP client".to_owned()),
+                Some(c) => export(c, &spans, &ends),
+                None => Err(no_client.clone()),
             };
-            batch.clear();
+            spans.clear();
+            ends.clear();
+            // A burst may have grown the buffers a lot; keep moderate ones between bursts.
+            if spans.capacity() > MAX_PENDING_BYTES / 8 {
+                spans = Vec::new();
+                ends = Vec::new();
+            }
             match sent {
                 Ok(()) if failing => {
                     tracing::info!("trace export works again");
@@ -399,21 +448,21 @@ fn exporter(sh: &Shared, spec: &OtlpSpec) {
     }
 }
 
-fn export(client: &Client, trees: impl Iterator<Item = Finished>) -> Result<(), String> {
-    let mut spans = Vec::with_capacity(64 * 1024);
-    let (mut n, mut scratch) = (0, Vec::with_capacity(1024));
-    for tree in trees {
-        n += encode_tree(&tree, &mut spans, &mut scratch);
+/// Sends a round's encoded spans in requests of about `SPANS_PER_REQUEST` spans, split between
+/// traces.
+fn export(client: &Client, spans: &[u8], ends: &[(usize, usize)]) -> Result<(), String> {
+    let (mut from, mut n) = (0, 0);
+    for &(end, count) in ends {
+        n += count;
         if n >= SPANS_PER_REQUEST {
-            client.export_traces(encode_request(&spans))?;
-            spans.clear();
-            n = 0;
+            client.export_traces(encode_request(&spans[from..end]))?;
+            (from, n) = (end, 0);
         }
     }
-    if n == 0 {
+    if from == spans.len() {
         return Ok(());
     }
-    client.export_traces(encode_request(&spans))
+    client.export_traces(encode_request(&spans[from..]))
 }
 
 fn nanos(t: SystemTime) -> u64 {
@@ -473,7 +522,7 @@ mod pb {
     }
 
     /// A `KeyValue` (key, `AnyValue`) as field `field`: lengths are computed, not buffered.
-    pub fn attr(out: &mut Vec<u8>, field: u32, k: &str, v: &super::Attr) {
+    pub fn attr(out: &mut Vec<u8>, field: u32, k: &str, v: &super::Attr<'_>) {
         use super::Attr;
         let value_len = match v {
             Attr::Str(s) => 1 + varint_len(s.len() as u64) + s.len(),
@@ -497,11 +546,9 @@ mod pb {
 
 /// Appends one invocation's spans (children, then the root) to `out` as `ScopeSpans.spans`
 /// fields; returns how many.
-fn encode_tree(tree: &Finished, out: &mut Vec<u8>, scratch: &mut Vec<u8>) -> usize {
-    let Some((trace_id, root_id, parent)) = tree.ids else {
-        return 0;
-    };
-    for (name, start, end) in &tree.children {
+fn encode_tree(tree: &Finished<'_>, ids: Ids, out: &mut Vec<u8>, scratch: &mut Vec<u8>) -> usize {
+    let (trace_id, root_id, parent) = ids;
+    for (name, start, end) in tree.children() {
         scratch.clear();
         pb::bytes(scratch, 1, &trace_id);
         pb::bytes(scratch, 2, &nonzero_id::<8>());
@@ -531,7 +578,7 @@ fn encode_tree(tree: &Finished, out: &mut Vec<u8>, scratch: &mut Vec<u8>) -> usi
     for (k, v) in &tree.attributes {
         pb::attr(scratch, 9, k, v);
     }
-    if let Some(message) = &tree.error {
+    if let Some(message) = tree.error {
         let len = 1 + pb::varint_len(message.len() as u64) + message.len() + 2;
         pb::key(scratch, 15, 2);
         pb::varint(scratch, len as u64);
@@ -541,7 +588,7 @@ fn encode_tree(tree: &Finished, out: &mut Vec<u8>, scratch: &mut Vec<u8>) -> usi
     let remote = if parent.is_some() { FLAG_IS_REMOTE } else { 0 };
     pb::fixed32(scratch, 16, FLAG_SAMPLED | FLAG_HAS_IS_REMOTE | remote);
     pb::bytes(out, 2, scratch);
-    tree.children.len() + 1
+    tree.children().len() + 1
 }
 
 /// `ExportTraceServiceRequest { resource_spans: [{ resource, scope_spans: [{ scope, spans }] }] }`
@@ -655,26 +702,26 @@ mod tests {
         use prost::Message as _;
         let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let mut tree = Finished::new(t0, t0 + Duration::from_millis(5));
-        tree.children
-            .push(("trigger match", t0, t0 + Duration::from_micros(10)));
-        tree.children.push((
+        tree.child("trigger match", t0, t0 + Duration::from_micros(10));
+        tree.child(
             "upstream call",
             t0 + Duration::from_millis(1),
             t0 + Duration::from_millis(5),
-        ));
+        );
+        let path = "/a/é".repeat(100);
         tree.attributes.extend([
             ("http.response.status_code", Attr::Int(502)),
-            ("url.path", Attr::Str("/a/é".repeat(100))),
+            ("url.path", Attr::Str(&path)),
             ("fngate.cold_start_ms", Attr::F64(306.25)),
             ("negative", Attr::Int(-3)),
         ]);
-        tree.error = Some("upstream failed".into());
-        tree.ids = Some(([7; 16], [8; 8], Some([9; 8])));
-        let mut unparented = Finished::new(t0, t0);
-        unparented.ids = Some(([1; 16], [2; 8], None));
+        tree.error = Some("upstream failed");
+        let unparented = Finished::new(t0, t0);
         let (mut spans, mut scratch) = (Vec::new(), Vec::new());
-        assert_eq!(encode_tree(&tree, &mut spans, &mut scratch), 3);
-        assert_eq!(encode_tree(&unparented, &mut spans, &mut scratch), 1);
+        let ids = ([7; 16], [8; 8], Some([9; 8]));
+        assert_eq!(encode_tree(&tree, ids, &mut spans, &mut scratch), 3);
+        let ids = ([1; 16], [2; 8], None);
+        assert_eq!(encode_tree(&unparented, ids, &mut spans, &mut scratch), 1);
         // What a collector decodes.
         let req = ExportTraceServiceRequest::decode(&encode_request(&spans)[..]).unwrap();
         let rs = &req.resource_spans[0];
