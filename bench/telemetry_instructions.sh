@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Telemetry cost in instructions per request (valgrind callgrind): stable run to run and on a
-# busy machine, where bench/telemetry.sh's req/s and CPU time are not. Same configurations as
-# bench/telemetry.sh (off; on = stdout + file log sinks and OTLP traces at 0.1 to a real
-# collector), plus BASE=DIR (an older release build) running "on" as on_base.
+# busy machine, where bench/telemetry.sh's req/s and CPU time are not. The configurations of
+# bench/telemetry.sh (bench/telemetry_common.sh: off, on, on_file), plus BASE=DIR (an older
+# release build) running "on" as on_base.
 #
 # Each gateway runs under callgrind (all of its threads: request path, log writers, trace
 # exporter); WARM requests first, then the counters are zeroed, N requests are sent over CONNS
@@ -18,15 +18,11 @@ rm -rf "$out" && mkdir -p "$out"
 [ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release --locked -p fngate -p demo-backend
 bin="${CARGO_TARGET_DIR:-target}/release"
 command -v valgrind >/dev/null || { echo "valgrind is needed (Debian: apt-get install valgrind)"; exit 1; }
-rotel="${FNGATE_ROTEL:-$(python3 -c 'import rotel, os; print(os.path.join(os.path.dirname(rotel.__file__), "rotel-agent"))')}"
+PORT_BASE=39201
+. bench/telemetry_common.sh
 
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT INT TERM
-
-"$bin/demo-backend" --listen 127.0.0.1:39201 --threads 1 >/dev/null & pids+=($!)
-"$rotel" start --otlp-grpc-endpoint 127.0.0.1:39217 --otlp-http-endpoint 127.0.0.1:39218 \
-    --exporter blackhole >/dev/null 2>&1 & pids+=($!)
+"$bin/demo-backend" --listen "127.0.0.1:$backend_port" --threads 1 >/dev/null & pids+=($!)
+start_collector
 
 # N requests over CONNS keep-alive connections; exits non-zero on any non-200.
 load() { # addr count
@@ -47,36 +43,14 @@ sys.exit(f"non-200 answers: {bad[:5]}" if bad else 0)
 PY
 }
 
-ON=$'log = { stdout = true, file = { path = "logs/fngate.log", max_size = "64MiB", keep = 2 } }\notlp = { endpoint = "http://127.0.0.1:39218" }\ntraces = { sample_ratio = 0.1 }'
-for cfg in off on ${BASE:+on_base}; do
-    case $cfg in off) sec='log = { stdout = false }' b=$bin ;; on) sec=$ON b=$bin ;; on_base) sec=$ON b=$BASE ;; esac
-    dir="$out/$cfg"; mkdir -p "$dir"
-    cat >"$dir/fngate.toml" <<TOML
-[server]
-listen = "127.0.0.1:0"
-plaintext_listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-data_dir = "data"
-[telemetry]
-$sec
-[[service]]
-name = "bench"
-[[service.function]]
-name = "bytes"
-instance_concurrency = 1024
-max_queued = 10000
-backend = { kind = "static", endpoints = ["http://127.0.0.1:39201"] }
-[[trigger]]
-name = "bytes"
-kind = "http"
-function = "bench/bytes"
-path = "/b"
-TOML
+for cfg in off on on_file ${BASE:+on_base}; do
+    b=$bin; [ "$cfg" = on_base ] && b=$BASE
+    dir="$out/$cfg"
+    gateway_config "$dir" "$cfg"
     TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$dir/callgrind.out" \
         "$b/fngate" serve --config "$dir/fngate.toml" >/dev/null 2>"$dir/stderr.log" &
     gw=$!; pids+=($gw)
-    for _ in $(seq 600); do [ -f "$dir/data/listeners.json" ] && break; sleep 0.1; done
-    addr=$(python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['plaintext'])" "$dir/data/listeners.json")
+    addr=$(plaintext_addr "$dir" 600)
     load "$addr" "$WARM"
     callgrind_control --zero "$gw" >/dev/null
     load "$addr" "$N"
@@ -92,6 +66,7 @@ python3 - "$out/summary.txt" <<'PY'
 import re, sys
 m = {k: float(v) for k, v in re.findall(r"^(\w+): (\d+) instructions", open(sys.argv[1]).read(), re.M)}
 print(f"instructions per request on/off = {m['on'] / m['off']:.3f}")
+print(f"instructions per request on_file/off = {m['on_file'] / m['off']:.3f}")
 if "on_base" in m:
     print(f"on: this build / BASE = {m['on'] / m['on_base']:.3f}")
 PY
