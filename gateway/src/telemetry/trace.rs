@@ -74,11 +74,7 @@ pub fn init(otlp: &OtlpSpec, sample_ratio: f64) -> Result<(), String> {
         tonic::transport::Endpoint::from_shared(otlp.endpoint.clone())
             .map_err(|e| format!("cannot use the OTLP endpoint {}: {e}", otlp.endpoint))?;
     }
-    let shared = Arc::new(Shared {
-        pending: Mutex::new(Pending::default()),
-        wake: Condvar::new(),
-        done: Condvar::new(),
-    });
+    let shared = Arc::new(Shared::new());
     let (spec, s) = (otlp.clone(), shared.clone());
     std::thread::Builder::new()
         .name("fngate-traces".into())
@@ -342,30 +338,42 @@ impl Invocation {
         SCRATCH.with_borrow_mut(|(spans, msg)| {
             spans.clear();
             let count = encode_tree(tree, ids, spans, msg);
-            let sh = &*t.shared;
-            let mut p = lock(&sh.pending);
-            let n = p.ends.len();
-            if n >= MAX_PENDING_TRACES
-                || p.spans.len() + spans.len() > MAX_PENDING_BYTES
-                || p.closed
-            {
-                drop(p);
+            if !t.shared.offer(spans, count) {
                 metrics::counter!(super::TRACES_DROPPED, "reason" => "buffer_full").increment(1);
-                return;
-            }
-            p.spans.extend_from_slice(spans);
-            let end = p.spans.len();
-            p.ends.push((end, count));
-            drop(p);
-            // The first trace of a round starts the exporter's timer; a large round wakes it
-            // early.
-            if n == 0 || n + 1 == EXPORT_EARLY {
-                sh.wake.notify_one();
             }
             if spans.capacity() > 64 * 1024 {
                 *spans = Vec::with_capacity(4096);
             }
         });
+    }
+}
+
+impl Shared {
+    fn new() -> Self {
+        Shared {
+            pending: Mutex::new(Pending::default()),
+            wake: Condvar::new(),
+            done: Condvar::new(),
+        }
+    }
+
+    /// Appends one trace's encoded spans for the exporter; false (nothing kept) when the
+    /// buffer is full or closed.
+    fn offer(&self, spans: &[u8], count: usize) -> bool {
+        let mut p = lock(&self.pending);
+        let n = p.ends.len();
+        if n >= MAX_PENDING_TRACES || p.spans.len() + spans.len() > MAX_PENDING_BYTES || p.closed {
+            return false;
+        }
+        p.spans.extend_from_slice(spans);
+        let end = p.spans.len();
+        p.ends.push((end, count));
+        drop(p);
+        // The first trace of a round starts the exporter's timer; a large round wakes it early.
+        if n == 0 || n + 1 == EXPORT_EARLY {
+            self.wake.notify_one();
+        }
+        true
     }
 }
 
@@ -448,21 +456,32 @@ fn exporter(sh: &Shared, spec: &OtlpSpec) {
     }
 }
 
-/// Sends a round's encoded spans in requests of about `SPANS_PER_REQUEST` spans, split between
-/// traces.
+/// Sends a round's encoded spans in requests of about `SPANS_PER_REQUEST` spans.
 fn export(client: &Client, spans: &[u8], ends: &[(usize, usize)]) -> Result<(), String> {
+    for r in requests(ends, SPANS_PER_REQUEST) {
+        client.export_traces(encode_request(&spans[r]))?;
+    }
+    Ok(())
+}
+
+/// Byte ranges of a round's spans, one per export request: split between traces, each with
+/// `per_request` spans or more (the last one fewer).
+fn requests(
+    ends: &[(usize, usize)],
+    per_request: usize,
+) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
     let (mut from, mut n) = (0, 0);
-    for &(end, count) in ends {
-        n += count;
-        if n >= SPANS_PER_REQUEST {
-            client.export_traces(encode_request(&spans[from..end]))?;
-            (from, n) = (end, 0);
-        }
-    }
-    if from == spans.len() {
-        return Ok(());
-    }
-    client.export_traces(encode_request(&spans[from..]))
+    let last = ends.last().map_or(0, |&(end, _)| end);
+    ends.iter()
+        .filter_map(move |&(end, count)| {
+            n += count;
+            (n >= per_request || end == last).then(|| {
+                let r = from..end;
+                (from, n) = (end, 0);
+                r
+            })
+        })
+        .filter(|r| !r.is_empty())
 }
 
 fn nanos(t: SystemTime) -> u64 {
@@ -771,6 +790,43 @@ mod tests {
         assert_eq!(spans[1].kind, SpanKind::Client as i32);
         assert!(spans[3].parent_span_id.is_empty() && spans[3].status.is_none());
         assert_eq!(spans[3].flags, 0x101);
+    }
+
+    #[test]
+    fn the_export_buffer_is_bounded_by_traces_and_bytes() {
+        let sh = Shared::new();
+        let span = [0u8; 100];
+        for _ in 0..MAX_PENDING_TRACES {
+            assert!(sh.offer(&span, 2));
+        }
+        assert!(!sh.offer(&span, 2), "one trace past the count");
+        let sh = Shared::new();
+        let big = vec![0u8; MAX_PENDING_BYTES / 4];
+        for _ in 0..4 {
+            assert!(sh.offer(&big, 6));
+        }
+        assert!(!sh.offer(&[0], 1), "one byte past the size");
+        let p = lock(&sh.pending);
+        assert_eq!(p.spans.len(), MAX_PENDING_BYTES);
+        assert_eq!(p.ends.last(), Some(&(MAX_PENDING_BYTES, 6)));
+        drop(p);
+        // Closed at shutdown: nothing more is taken.
+        let sh = Shared::new();
+        lock(&sh.pending).closed = true;
+        assert!(!sh.offer(&span, 1));
+    }
+
+    #[test]
+    fn a_round_is_split_into_requests_between_traces() {
+        // Traces of 6, 6, 1 and 6 spans ending at these byte offsets.
+        let ends = [(10, 6), (20, 6), (25, 1), (40, 6)];
+        use std::ops::Range;
+        let split = |per| requests(&ends, per).collect::<Vec<Range<usize>>>();
+        assert_eq!(split(4096), vec![Range { start: 0, end: 40 }]);
+        assert_eq!(split(12), [0..20, 20..40]);
+        assert_eq!(split(6), [0..10, 10..20, 20..40]);
+        assert_eq!(split(1), [0..10, 10..20, 20..25, 25..40]);
+        assert!(requests(&[], 6).next().is_none());
     }
 
     #[test]
