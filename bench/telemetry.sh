@@ -69,3 +69,15 @@ if "on_base" in m:
     print(f"off: this build / BASE = {off/m['off_base']:.3f} (throughput), {m['off_cpu']/m['off_base_cpu']:.3f} (CPU per request)")
     print(f"BASE on/off = {m['on_base']/m['off_base']:.3f}")
 PY
+# The same ratios round by round (each round runs the configurations minutes apart at most, so
+# a drift of the machine's speed between rounds cancels out): median, min and max.
+python3 - "$out" "$ROUNDS" $CFGS <<'PY'
+import re, statistics, sys
+out, rounds, cfgs = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+rps = {c: [float(re.search(r"^Requests/sec:\s+([\d.]+)", open(f"{out}/wrk-{c}-{r}.txt").read(), re.M).group(1))
+           for r in range(1, rounds + 1)] for c in cfgs}
+for num, den in [("on", "off"), ("on_file", "off"), ("on_base", "off_base")]:
+    if num in rps and den in rps:
+        q = [a / b for a, b in zip(rps[num], rps[den])]
+        print(f"{num}/{den} round by round: median {statistics.median(q):.3f} (min {min(q):.3f}, max {max(q):.3f})")
+PY
