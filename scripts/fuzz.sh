@@ -10,7 +10,7 @@ cd "$(dirname "$0")/../fuzz"
 secs="${1:-600}"
 shift || true
 targets=("$@")
-((${#targets[@]})) || targets=(event_notification config http_trigger plugin_decision)
+((${#targets[@]})) || targets=(event_notification config http_trigger plugin_decision http1_framing)
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 target_dir="${FUZZ_TARGET_DIR:-target}"

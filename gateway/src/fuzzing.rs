@@ -34,7 +34,24 @@ pub const TARGETS: &[Target] = &[
         plugin_decision,
         &["fuzz/seeds/plugin_decision"],
     ),
+    (
+        "http1_framing",
+        http1_framing,
+        &["fuzz/seeds/http1_framing"],
+    ),
 ];
+
+/// Raw HTTP/1.1 request streams through the listener's framing tracker (the `Content-Length` +
+/// `Transfer-Encoding` check), in pieces of several sizes as reads deliver them: its whole-line
+/// fast path must agree with the byte-by-byte path after every piece.
+pub fn http1_framing(data: &[u8]) {
+    let first = usize::from(data.first().copied().unwrap_or(1));
+    for step in [1, 2, 3, 8, 1 + first % 64, data.len()] {
+        if let Err(e) = crate::listener::framing::check_whole_lines(data, step) {
+            panic!("step {step}: {e}");
+        }
+    }
+}
 
 /// Object-storage notification bodies (S3 / MinIO / Ceph `Records`, Alibaba OSS `events`, SNS
 /// envelopes, Base64-wrapped OSS) through `events::parse`, as `POST /events/{source}` and the

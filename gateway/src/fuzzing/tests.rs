@@ -229,6 +229,11 @@ fn smoke_plugin_decision() {
     smoke("plugin_decision");
 }
 
+#[test]
+fn smoke_http1_framing() {
+    smoke("http1_framing");
+}
+
 /// Writes the decision encoding that `Reader` reads.
 #[derive(Default)]
 struct Writer(Vec<u8>);

@@ -374,6 +374,58 @@ impl Framing {
     }
 }
 
+/// Feeds `data` in pieces of `step` bytes to a tracker as the listener runs it and to one that
+/// takes every byte alone, and compares what later bytes depend on after each piece: the
+/// whole-line step must be an exact shortcut. For the unit tests and the `http1_framing` fuzz
+/// target; never called by the listener.
+pub fn check_whole_lines(data: &[u8], step: usize) -> Result<(), String> {
+    let (ev_fast, ev_ref) = (Evidence::default(), Evidence::default());
+    let (mut fast, mut reference) = (Framing::default(), Framing::default());
+    for piece in data.chunks(step.max(1)) {
+        fast.feed(&ev_fast, piece);
+        for &b in piece {
+            match reference.state {
+                State::Off => break,
+                State::Body(_) | State::ChunkData(_) => reference.feed(&ev_ref, &[b]),
+                _ => reference.byte(&ev_ref, b),
+            }
+        }
+        let (f, r) = (fast.observable(&ev_fast), reference.observable(&ev_ref));
+        if f != r {
+            return Err(format!(
+                "whole lines: {f}; byte by byte: {r}; input {}",
+                data.escape_ascii()
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl Framing {
+    /// What later bytes depend on: everything while following, only the outcome once stopped.
+    fn observable(&self, ev: &Evidence) -> String {
+        let found = ev.conflicting.load(Ordering::Relaxed);
+        if self.state == State::Off {
+            return format!("off heads={} found={found}", self.heads);
+        }
+        format!(
+            "{:?} heads={} found={found} bytes={} lines={} line={:?}/{} value={} cl={} {} {} {:?} chunk={}",
+            self.state,
+            self.heads,
+            self.head_bytes,
+            self.lines,
+            &self.line[..self.line_len.min(KEEP)],
+            self.line_len,
+            self.in_value,
+            self.cl_line,
+            self.has_cl,
+            self.has_te,
+            self.length,
+            self.chunk
+        )
+    }
+}
+
 fn hex(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
@@ -455,40 +507,6 @@ mod tests {
         assert!(!ev.conflicting(&http::HeaderMap::new()));
     }
 
-    /// The byte path alone, as the reference for the whole-line step.
-    fn feed_bytes(f: &mut Framing, ev: &Evidence, data: &[u8]) {
-        for &b in data {
-            match f.state {
-                State::Off => return,
-                State::Body(_) | State::ChunkData(_) => f.feed(ev, &[b]),
-                _ => f.byte(ev, b),
-            }
-        }
-    }
-
-    /// What later bytes depend on: everything once following stops, only the outcome.
-    fn observable(f: &Framing, ev: &Evidence) -> String {
-        let found = ev.conflicting.load(Ordering::Relaxed);
-        if f.state == State::Off {
-            return format!("off heads={} found={found}", f.heads);
-        }
-        format!(
-            "{:?} heads={} found={found} bytes={} lines={} line={:?}/{} value={} cl={} {} {} {:?} chunk={}",
-            f.state,
-            f.heads,
-            f.head_bytes,
-            f.lines,
-            &f.line[..f.line_len.min(KEEP)],
-            f.line_len,
-            f.in_value,
-            f.cl_line,
-            f.has_cl,
-            f.has_te,
-            f.length,
-            f.chunk
-        )
-    }
-
     #[test]
     fn whole_lines_and_single_bytes_agree() {
         // Pieces that make heads, bodies and the odd cases (stray CR, empty lines, bad
@@ -531,17 +549,8 @@ mod tests {
                 input.extend_from_slice(parts[next(parts.len())]);
             }
             for step in [1, 2, 5, 16, input.len().max(1)] {
-                let (ev_fast, ev_ref) = (Evidence::default(), Evidence::default());
-                let (mut fast, mut reference) = (Framing::default(), Framing::default());
-                for piece in input.chunks(step) {
-                    fast.feed(&ev_fast, piece);
-                    feed_bytes(&mut reference, &ev_ref, piece);
-                    assert_eq!(
-                        observable(&fast, &ev_fast),
-                        observable(&reference, &ev_ref),
-                        "case {case}, step {step}: {:?}",
-                        String::from_utf8_lossy(&input)
-                    );
+                if let Err(e) = check_whole_lines(&input, step) {
+                    panic!("case {case}, step {step}: {e}");
                 }
             }
         }
