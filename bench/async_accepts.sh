@@ -21,9 +21,7 @@ rm -rf "$out" && mkdir -p "$out"
 bin="${CARGO_TARGET_DIR:-target}/release"
 command -v wrk >/dev/null || { echo "wrk is needed (Debian: apt-get install wrk)"; exit 1; }
 
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT INT TERM
+. bench/queue_common.sh
 
 cat >"$out/post.lua" <<'LUA'
 wrk.method = "POST"
@@ -40,27 +38,9 @@ fi
 results=(); drains=()
 for r in $(seq "$ROUNDS"); do
     data="$out/data-$r"
-    rm -rf "$data" && mkdir -p "$data"
     port=$((19600 + r))
-    taskset -c 1 "$bin/demo-backend" --listen "127.0.0.1:$port" --id async >/dev/null 2>&1 &
-    be=$!; pids+=("$be")
-    queue=""
-    if [ "$QUEUE" = nats ]; then
-        nport=$((19700 + r))
-        taskset -c 1 "${FNGATE_NATS_SERVER:-nats-server}" -a 127.0.0.1 -p "$nport" -js -sd "$data/js" >"$data/nats.log" 2>&1 &
-        ns=$!; pids+=("$ns")
-        for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$nport) 2>/dev/null && break; sleep 0.05; done
-        queue=$'[queue]\nkind = "nats"\nurl = "nats://127.0.0.1:'"$nport"$'"\n'
-    fi
-    cat >"$data/fngate.toml" <<TOML
-[server]
-listen = "127.0.0.1:0"
-plaintext_listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-data_dir = "."
-$queue
-[telemetry]
-log = { stdout = false }
+    start_round "$data" "$port" $((19700 + r)) async
+    { config_head; cat <<TOML
 [[service]]
 name = "bench"
 [[service.function]]
@@ -74,10 +54,8 @@ kind = "http"
 function = "bench/job"
 path = "/job"
 TOML
-    TOKIO_WORKER_THREADS="$GW_WORKERS" taskset -c "$GW_CORES" "$bin/fngate" serve --config "$data/fngate.toml" >/dev/null 2>"$data/stderr.log" &
-    gw=$!; pids+=("$gw")
-    for _ in $(seq 100); do [ -f "$data/listeners.json" ] && break; sleep 0.05; done
-    addr=$(python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['plaintext'])" "$data/listeners.json")
+    } >"$data/fngate.toml"
+    start_gateway "$data"
     t0=$(date +%s.%N)
     c0=$(awk '{print $14 + $15}' "/proc/$gw/stat")
     taskset -c 1 wrk -t1 -c"$CONNS" -d"${DUR}s" -s "$out/post.lua" "http://$addr/job/x" >"$out/wrk-$r.txt"
@@ -104,7 +82,7 @@ TOML
         awk '/^fngate_async_store_commit_commands_sum/ {s=$2} /^fngate_async_store_commit_commands_count/ {c=$2} END {if (c) printf "%.1f", s / c; else print "-"}')
     echo "round $r: $rps 202/s (non-2xx: $non2xx); $accepted accepted, $ran run, drained at $drain tasks/s (wrk start to last run); fngate CPU $cpu_us us/request; mean commit $commit commands"
     results+=("$rps"); drains+=("$drain")
-    kill "$gw" "$be" ${ns:-}; wait "$gw" "$be" ${ns:-} 2>/dev/null || true; ns=""
+    end_round
 done
 printf '%s\n' "${results[@]}" | sort -n | awk '{a[NR]=$1} END {printf "median %.0f 202/s (min %.0f, max %.0f) over %d rounds\n", a[int((NR+1)/2)], a[1], a[NR], NR}' | tee "$out/summary.txt"
 printf '%s\n' "${drains[@]}" | sort -n | awk '{a[NR]=$1} END {printf "drain: median %.0f tasks/s (min %.0f, max %.0f)\n", a[int((NR+1)/2)], a[1], a[NR]}' | tee -a "$out/summary.txt"

@@ -18,9 +18,7 @@ rm -rf "$out" && mkdir -p "$out"
 bin="${CARGO_TARGET_DIR:-target}/release"
 command -v wrk >/dev/null || { echo "wrk is needed (Debian: apt-get install wrk)"; exit 1; }
 
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT INT TERM
+. bench/queue_common.sh
 
 cat >"$out/events.lua" <<LUA
 local batch = $BATCH
@@ -42,27 +40,9 @@ LUA
 results=()
 for r in $(seq "$ROUNDS"); do
     data="$out/data-$r"
-    rm -rf "$data" && mkdir -p "$data"
     port=$((19650 + r))
-    taskset -c 1 "$bin/demo-backend" --listen "127.0.0.1:$port" --id events >/dev/null 2>&1 &
-    be=$!; pids+=("$be")
-    queue=""
-    if [ "$QUEUE" = nats ]; then
-        nport=$((19750 + r))
-        taskset -c 1 "${FNGATE_NATS_SERVER:-nats-server}" -a 127.0.0.1 -p "$nport" -js -sd "$data/js" >"$data/nats.log" 2>&1 &
-        ns=$!; pids+=("$ns")
-        for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$nport) 2>/dev/null && break; sleep 0.05; done
-        queue=$'[queue]\nkind = "nats"\nurl = "nats://127.0.0.1:'"$nport"$'"\n'
-    fi
-    cat >"$data/fngate.toml" <<TOML
-[server]
-listen = "127.0.0.1:0"
-plaintext_listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-data_dir = "."
-$queue
-[telemetry]
-log = { stdout = false }
+    start_round "$data" "$port" $((19750 + r)) events
+    { config_head; cat <<TOML
 [[service]]
 name = "media"
 [[service.function]]
@@ -83,10 +63,8 @@ events = ["ObjectCreated:*"]
 prefix = "images/"
 suffix = ".png"
 TOML
-    BENCH_EVENT_TOKEN=bench-event-token-0123456789 TOKIO_WORKER_THREADS="$GW_WORKERS" taskset -c "$GW_CORES" "$bin/fngate" serve --config "$data/fngate.toml" >/dev/null 2>"$data/stderr.log" &
-    gw=$!; pids+=("$gw")
-    for _ in $(seq 100); do [ -f "$data/listeners.json" ] && break; sleep 0.05; done
-    addr=$(python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['plaintext'])" "$data/listeners.json")
+    } >"$data/fngate.toml"
+    BENCH_EVENT_TOKEN=bench-event-token-0123456789 start_gateway "$data"
     taskset -c 1 wrk -t1 -c"$CONNS" -d"${DUR}s" -s "$out/events.lua" "http://$addr/events/rgw" >"$out/wrk-$r.txt"
     rps=$(awk '/^Requests\/sec/ {print $2}' "$out/wrk-$r.txt")
     non2xx=$(awk '/Non-2xx/ {print $5}' "$out/wrk-$r.txt"); non2xx=${non2xx:-0}
@@ -94,6 +72,6 @@ TOML
     echo "round $r: $rps notifications/s = $records records/s (non-2xx: $non2xx)"
     [ "$non2xx" = 0 ] || { echo "errors: see $data/stderr.log"; tail -5 "$data/stderr.log"; }
     results+=("$records")
-    kill "$gw" "$be" ${ns:-}; wait "$gw" "$be" ${ns:-} 2>/dev/null || true; ns=""
+    end_round
 done
 printf '%s\n' "${results[@]}" | sort -n | awk '{a[NR]=$1} END {printf "median %.0f records/s (min %.0f, max %.0f) over %d rounds\n", a[int((NR+1)/2)], a[1], a[NR], NR}' | tee "$out/summary.txt"
