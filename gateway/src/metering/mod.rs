@@ -25,6 +25,11 @@ use crate::scheduler::gpu::GpuShare;
 use metrics::Counter;
 use serde::Serialize;
 use std::collections::HashMap;
+
+/// Maps looked up on every invocation by a tenant key: foldhash (keyed per process, a few
+/// instructions for a short key) instead of SipHash. Their keys are capped in number
+/// (`MAX_PENDING_BUCKETS`, `MAX_TENANT_LABELS`), so a crafted set of colliding keys stays cheap.
+type TenantMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -212,7 +217,7 @@ struct Handles {
 struct HourBuckets {
     hour: i64,
     gpu_type: Option<Arc<str>>,
-    tenants: HashMap<String, Totals>,
+    tenants: TenantMap<Totals>,
 }
 
 #[derive(Debug, Default)]
@@ -222,7 +227,7 @@ struct FnInner {
     pending_keys: usize,
     folded: u64,
     /// Metric handles by tenant key; a tenant past the label cap maps to the `other` handles.
-    handles: HashMap<String, Handles>,
+    handles: TenantMap<Handles>,
 }
 
 /// The usage of one function not yet flushed, and its metric handles; one per function runtime,
@@ -288,7 +293,7 @@ impl FunctionMeter {
                 g.pending.push(HourBuckets {
                     hour,
                     gpu_type: gpu_type.cloned(),
-                    tenants: HashMap::new(),
+                    tenants: TenantMap::default(),
                 });
                 g.pending.len() - 1
             }
@@ -307,22 +312,25 @@ impl FunctionMeter {
                 tenants.entry(key.to_string()).or_default().add(&t);
             }
         }
-        if !g.handles.contains_key(tenant) {
-            let (own, h) = self.handles_for(tenant, &g.handles);
-            if own || g.handles.len() < 2 * MAX_TENANT_LABELS {
-                g.handles.insert(tenant.to_string(), h.clone());
+        let h = match g.handles.get(tenant) {
+            // A tenant seen before: one lookup.
+            Some(h) => h,
+            None => {
+                let (own, h) = self.handles_for(tenant, &g.handles);
+                if own || g.handles.len() < 2 * MAX_TENANT_LABELS {
+                    g.handles.insert(tenant.to_string(), h.clone());
+                }
+                if !own {
+                    // Tenants past the cap share `other`'s handles (looked up by that name once
+                    // the map stops remembering them one by one).
+                    g.handles.entry(OTHER_TENANT.to_string()).or_insert(h);
+                }
+                g.handles
+                    .get(tenant)
+                    .or_else(|| g.handles.get(OTHER_TENANT))
+                    .expect("inserted above")
             }
-            if !own {
-                // Tenants past the cap share `other`'s handles (looked up by that name once the
-                // map stops remembering them one by one).
-                g.handles.entry(OTHER_TENANT.to_string()).or_insert(h);
-            }
-        }
-        let h = g
-            .handles
-            .get(tenant)
-            .or_else(|| g.handles.get(OTHER_TENANT))
-            .expect("inserted above");
+        };
         // Counters are integers: resource-seconds are counted in milliseconds.
         h.invocations.increment(t.invocations);
         h.busy.increment(milli(t.busy_s));
@@ -333,7 +341,7 @@ impl FunctionMeter {
 
     /// Handles for a tenant first seen here: its own label while the process-wide cap allows
     /// (true), else `other`'s.
-    fn handles_for(&self, tenant: &str, known: &HashMap<String, Handles>) -> (bool, Handles) {
+    fn handles_for(&self, tenant: &str, known: &TenantMap<Handles>) -> (bool, Handles) {
         let label = {
             let mut labels = self.meter.labels.lock().unwrap_or_else(|e| e.into_inner());
             if labels.contains(tenant) || labels.len() < MAX_TENANT_LABELS {
