@@ -16,6 +16,7 @@
 //! hyper reads them (`Transfer-Encoding` wins, connection closed after the answer). After a
 //! conflicting head it stops too: hyper reads no request after that one.
 
+use crate::telemetry::hex_digit;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Longest head (or trailer section) followed; hyper refuses far smaller ones.
@@ -66,8 +67,20 @@ enum State {
 /// Header names matched at the start of a head line (lower case, up to the colon).
 const CL: &[u8] = b"content-length";
 const TE: &[u8] = b"transfer-encoding";
+/// The start of the HTTP/2 prior-knowledge preface, lower-cased (`PRI * HTTP/2.0`).
+const PREFACE: &[u8] = b"pri * http/2";
 /// Enough of a line to tell the two names and the HTTP/2 preface apart.
 const KEEP: usize = 20;
+
+/// The `Content-Length` value so far after one more byte of it: digits accumulate, blanks are
+/// skipped, anything else (or an overflow) makes it `None`, as hyper refuses such a value.
+fn length_byte(length: Option<u64>, b: u8) -> Option<u64> {
+    match b {
+        b' ' | b'\t' => length,
+        b'0'..=b'9' => length?.checked_mul(10)?.checked_add(u64::from(b - b'0')),
+        _ => None,
+    }
+}
 
 /// The byte-level tracker, owned by the connection's IO wrapper.
 #[derive(Debug)]
@@ -164,8 +177,7 @@ impl Framing {
         }
         if self.lines == 0 {
             // The request line, or the HTTP/2 prior-knowledge preface.
-            const PRI: &[u8] = b"pri * http/2";
-            if line.len() >= PRI.len() && line[..PRI.len()].eq_ignore_ascii_case(PRI) {
+            if line.len() >= PREFACE.len() && line[..PREFACE.len()].eq_ignore_ascii_case(PREFACE) {
                 self.state = State::Off;
                 return Some(nl + 1);
             }
@@ -173,16 +185,9 @@ impl Framing {
             let name = &line[..colon];
             if name.eq_ignore_ascii_case(CL) {
                 self.has_cl = true;
-                let mut length = Some(0u64);
-                for &b in &line[colon + 1..] {
-                    length = match b {
-                        b' ' | b'\t' => length,
-                        b'0'..=b'9' => {
-                            length.and_then(|n| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))
-                        }
-                        _ => None,
-                    };
-                }
+                let length = line[colon + 1..]
+                    .iter()
+                    .try_fold(0, |l, &b| length_byte(Some(l), b));
                 self.length = length;
                 if length.is_none() {
                     // Not a number: hyper refuses the request and closes.
@@ -202,14 +207,14 @@ impl Framing {
         use State::*;
         self.state = match self.state {
             Head => return self.head_byte(evidence, b),
-            ChunkStart => match hex(b) {
+            ChunkStart => match hex_digit(b) {
                 Some(d) => {
                     self.chunk = u64::from(d);
                     ChunkSize
                 }
                 None => Off,
             },
-            ChunkSize => match (hex(b), b) {
+            ChunkSize => match (hex_digit(b), b) {
                 (Some(d), _) => match self
                     .chunk
                     .checked_mul(16)
@@ -289,9 +294,7 @@ impl Framing {
                 }
             }
             b'\n' => {
-                if self.lines == 0
-                    && self.line[..self.line_len.min(KEEP)].starts_with(b"pri * http/2")
-                {
+                if self.lines == 0 && self.line[..self.line_len.min(KEEP)].starts_with(PREFACE) {
                     // The HTTP/2 prior-knowledge preface: not HTTP/1.1 from here on.
                     self.state = State::Off;
                     return;
@@ -314,13 +317,7 @@ impl Framing {
                 self.line_len += 1;
                 if self.in_value {
                     if self.cl_line {
-                        self.length = match b {
-                            b' ' | b'\t' => self.length,
-                            b'0'..=b'9' => self
-                                .length
-                                .and_then(|n| n.checked_mul(10)?.checked_add(u64::from(b - b'0'))),
-                            _ => None,
-                        };
+                        self.length = length_byte(self.length, b);
                     }
                 } else if b == b':' && self.lines > 0 {
                     self.in_value = true;
@@ -423,15 +420,6 @@ impl Framing {
             self.length,
             self.chunk
         )
-    }
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
     }
 }
 

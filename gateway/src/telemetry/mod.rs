@@ -207,7 +207,7 @@ fn describe() {
 
 /// A duration as milliseconds with microsecond precision, as log lines and the admin API show it.
 pub fn millis(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e6).round() / 1e3
+    Ms(d).as_f64()
 }
 
 /// Status classes used as a label: a fixed set so handles can be pre-registered.
@@ -440,6 +440,48 @@ pub fn hex_into(out: &mut [u8], bytes: &[u8]) {
     for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
         pair.copy_from_slice(&HEX_PAIRS[usize::from(b)]);
     }
+}
+
+/// One hex digit's value (either case); `None` for anything else.
+pub fn hex_digit(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Hex digits (either case) → bytes into `out` (half as long); `None` on anything else.
+pub fn unhex(hex: &[u8], out: &mut [u8]) -> Option<()> {
+    if hex.len() != out.len() * 2 {
+        return None;
+    }
+    for (o, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        *o = hex_digit(pair[0])? << 4 | hex_digit(pair[1])?;
+    }
+    Some(())
+}
+
+/// Waits on `cv` until `done` holds or `deadline` passes, and hands the lock back (the log
+/// writers and the trace exporter gather rounds this way).
+pub(crate) fn wait_until<'a, T>(
+    cv: &std::sync::Condvar,
+    mut guard: std::sync::MutexGuard<'a, T>,
+    deadline: std::time::Instant,
+    done: impl Fn(&T) -> bool,
+) -> std::sync::MutexGuard<'a, T> {
+    while !done(&guard) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        guard = cv
+            .wait_timeout(guard, left)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+    guard
 }
 
 /// A request id kept inline (no allocation) and usable as a header value.

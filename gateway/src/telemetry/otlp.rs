@@ -1,7 +1,8 @@
 //! OTLP export of metrics, logs and traces: the protobuf messages are built here (spans in
 //! `trace`) and pushed from fngate's own threads (the metrics pusher, the OTLP log sink's
-//! writer, the trace exporter), over HTTP/protobuf or gRPC. Nothing here runs on a request thread: a record call is the atomic add it already was
-//! (plus one for the OTLP side), a log line is appended to a sink's buffer like any other sink's.
+//! writer, the trace exporter), over HTTP/protobuf or gRPC. Nothing here runs on a request
+//! thread: a record call is the atomic add it already was (plus one for the OTLP side), a log
+//! line is appended to a sink's buffer like any other sink's.
 
 use crate::config::{OtlpProtocol, OtlpSpec};
 use metrics::{
@@ -102,7 +103,7 @@ impl Client {
     }
 
     /// An `ExportTraceServiceRequest` already encoded (spans are encoded straight from fngate's
-    /// records, `trace::encode`): posted as it is, or sent as the gRPC call's message.
+    /// records, `trace::encode_request`): posted as it is, or sent as the gRPC call's message.
     pub fn export_traces(&self, encoded: Vec<u8>) -> Result<(), String> {
         match &self.inner {
             Inner::Http(_) => self.post("/v1/traces", encoded),
@@ -707,7 +708,7 @@ fn record(line: &[u8], observed: u64) -> LogRecord {
     let id = |k: &str, out: &mut Vec<u8>, n: usize| {
         let mut b = vec![0u8; n];
         if let Some(h) = fields.get(k).and_then(|v| v.as_str())
-            && super::trace::unhex(h.as_bytes(), &mut b).is_some()
+            && super::unhex(h.as_bytes(), &mut b).is_some()
         {
             *out = b;
         }

@@ -39,11 +39,37 @@ const SPANS_PER_REQUEST: usize = 4096;
 static TRACING: OnceLock<Tracing> = OnceLock::new();
 
 struct Tracing {
+    sampler: Sampler,
+    shared: Arc<Shared>,
+}
+
+/// OpenTelemetry's `TraceIdRatioBased`: the trace id's low 8 bytes, shifted right once, are
+/// compared with `ratio × 2^63`, so every process samples the same trace ids.
+#[derive(Debug, Clone, Copy)]
+struct Sampler {
     /// A trace started here is sampled when its id's low 63 bits fall under this bound.
     bound: u64,
     /// Ratio 1.0: every trace (the bound cannot say "all").
     always: bool,
-    shared: Arc<Shared>,
+}
+
+impl Sampler {
+    fn new(ratio: f64) -> Self {
+        let bound = if ratio <= 0.0 {
+            0
+        } else {
+            (ratio.min(1.0) * (1u64 << 63) as f64) as u64
+        };
+        Sampler {
+            bound,
+            always: ratio >= 1.0,
+        }
+    }
+
+    fn samples(self, trace_id: &[u8; 16]) -> bool {
+        let low = u64::from_be_bytes(trace_id[8..].try_into().expect("8 bytes"));
+        self.always || (low >> 1) < self.bound
+    }
 }
 
 struct Shared {
@@ -81,26 +107,10 @@ pub fn init(otlp: &OtlpSpec, sample_ratio: f64) -> Result<(), String> {
         .spawn(move || exporter(&s, &spec))
         .map_err(|e| format!("cannot start the trace exporter: {e}"))?;
     let _ = TRACING.set(Tracing {
-        bound: ratio_bound(sample_ratio),
-        always: sample_ratio >= 1.0,
+        sampler: Sampler::new(sample_ratio),
         shared,
     });
     Ok(())
-}
-
-/// OpenTelemetry's `TraceIdRatioBased`: the trace id's low 8 bytes, shifted right once, are
-/// compared with `ratio × 2^63`, so every process samples the same trace ids.
-fn ratio_bound(ratio: f64) -> u64 {
-    if ratio <= 0.0 {
-        0
-    } else {
-        (ratio.min(1.0) * (1u64 << 63) as f64) as u64
-    }
-}
-
-fn sampled_by_ratio(trace_id: &[u8; 16], bound: u64, always: bool) -> bool {
-    let low = u64::from_be_bytes(trace_id[8..].try_into().expect("8 bytes"));
-    always || (low >> 1) < bound
 }
 
 /// Sends what is buffered and stops the exporter, waiting up to 3 s (at shutdown).
@@ -111,17 +121,7 @@ pub fn shutdown() {
     p.closed = true;
     sh.wake.notify_one();
     let deadline = Instant::now() + Duration::from_secs(3);
-    while !p.exited {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        p = sh
-            .done
-            .wait_timeout(p, left)
-            .unwrap_or_else(|e| e.into_inner())
-            .0;
-    }
+    drop(super::wait_until(&sh.done, p, deadline, |p| p.exited));
 }
 
 fn lock(m: &Mutex<Pending>) -> MutexGuard<'_, Pending> {
@@ -150,33 +150,14 @@ fn parse_traceparent(v: &HeaderValue) -> Option<([u8; 16], [u8; 8], bool)> {
     }
     let mut trace_id = [0u8; 16];
     let mut span_id = [0u8; 8];
-    unhex(trace.as_bytes(), &mut trace_id)?;
-    unhex(span.as_bytes(), &mut span_id)?;
+    super::unhex(trace.as_bytes(), &mut trace_id)?;
+    super::unhex(span.as_bytes(), &mut span_id)?;
     let mut f = [0u8; 1];
-    unhex(flags.as_bytes(), &mut f)?;
+    super::unhex(flags.as_bytes(), &mut f)?;
     if trace_id == [0; 16] || span_id == [0; 8] {
         return None;
     }
     Some((trace_id, span_id, f[0] & 1 == 1))
-}
-
-/// Lower- or upper-case hex digits → bytes; `None` on anything else.
-pub(crate) fn unhex(hex: &[u8], out: &mut [u8]) -> Option<()> {
-    fn digit(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            b'A'..=b'F' => Some(c - b'A' + 10),
-            _ => None,
-        }
-    }
-    if hex.len() != out.len() * 2 {
-        return None;
-    }
-    for (o, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
-        *o = digit(pair[0])? << 4 | digit(pair[1])?;
-    }
-    Some(())
 }
 
 /// `00-{trace id}-{span id}-{flags}`, hex-encoded in place: made for every request, so no
@@ -217,7 +198,7 @@ pub fn start(headers: &HeaderMap) -> Option<Invocation> {
             }
             None => {
                 let trace_id = nonzero_id::<16>();
-                let sampled = sampled_by_ratio(&trace_id, t.bound, t.always);
+                let sampled = t.sampler.samples(&trace_id);
                 Invocation::new(trace_id, span_id, None, sampled)
             }
         },
@@ -393,17 +374,9 @@ fn exporter(sh: &Shared, spec: &OtlpSpec) {
             p = sh.wake.wait(p).unwrap_or_else(|e| e.into_inner());
         }
         let tick = Instant::now() + EXPORT_INTERVAL;
-        while !p.closed && p.ends.len() < EXPORT_EARLY {
-            let left = tick.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            p = sh
-                .wake
-                .wait_timeout(p, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        let mut p = super::wait_until(&sh.wake, p, tick, |p| {
+            p.closed || p.ends.len() >= EXPORT_EARLY
+        });
         std::mem::swap(&mut p.spans, &mut spans);
         std::mem::swap(&mut p.ends, &mut ends);
         let closed = p.closed;
@@ -567,33 +540,48 @@ mod pb {
 /// fields; returns how many.
 fn encode_tree(tree: &Finished<'_>, ids: Ids, out: &mut Vec<u8>, scratch: &mut Vec<u8>) -> usize {
     let (trace_id, root_id, parent) = ids;
-    for (name, start, end) in tree.children() {
-        scratch.clear();
-        pb::bytes(scratch, 1, &trace_id);
-        pb::bytes(scratch, 2, &nonzero_id::<8>());
-        pb::bytes(scratch, 4, &root_id);
-        pb::bytes(scratch, 5, name.as_bytes());
-        let kind = if *name == "upstream call" {
+    // A span's fields up to its kind and times: trace id, span id, parent, name, kind, start, end.
+    let head =
+        |scratch: &mut Vec<u8>, id: &[u8], parent: Option<&[u8]>, name: &str, kind, start, end| {
+            scratch.clear();
+            pb::bytes(scratch, 1, &trace_id);
+            pb::bytes(scratch, 2, id);
+            if let Some(p) = parent {
+                pb::bytes(scratch, 4, p);
+            }
+            pb::bytes(scratch, 5, name.as_bytes());
+            pb::uint(scratch, 6, kind);
+            pb::fixed64(scratch, 7, nanos(start));
+            pb::fixed64(scratch, 8, nanos(end));
+        };
+    for &(name, start, end) in tree.children() {
+        let kind = if name == "upstream call" {
             KIND_CLIENT
         } else {
             KIND_INTERNAL
         };
-        pb::uint(scratch, 6, kind);
-        pb::fixed64(scratch, 7, nanos(*start));
-        pb::fixed64(scratch, 8, nanos(*end));
+        head(
+            scratch,
+            &nonzero_id::<8>(),
+            Some(&root_id),
+            name,
+            kind,
+            start,
+            end,
+        );
         pb::fixed32(scratch, 16, FLAG_SAMPLED | FLAG_HAS_IS_REMOTE);
         pb::bytes(out, 2, scratch);
     }
-    scratch.clear();
-    pb::bytes(scratch, 1, &trace_id);
-    pb::bytes(scratch, 2, &root_id);
-    if let Some(p) = parent {
-        pb::bytes(scratch, 4, &p);
-    }
-    pb::bytes(scratch, 5, b"invocation");
-    pb::uint(scratch, 6, KIND_SERVER);
-    pb::fixed64(scratch, 7, nanos(tree.start));
-    pb::fixed64(scratch, 8, nanos(tree.end));
+    let p = parent.as_ref().map(|p| &p[..]);
+    head(
+        scratch,
+        &root_id,
+        p,
+        "invocation",
+        KIND_SERVER,
+        tree.start,
+        tree.end,
+    );
     for (k, v) in &tree.attributes {
         pb::attr(scratch, 9, k, v);
     }
@@ -695,22 +683,26 @@ mod tests {
 
     #[test]
     fn ratio_sampling_takes_that_share_of_trace_ids() {
-        let (bound, always) = (ratio_bound(0.1), false);
+        let tenth = Sampler::new(0.1);
         let n = 100_000;
         let hits = (0..n)
-            .filter(|_| sampled_by_ratio(&nonzero_id::<16>(), bound, always))
+            .filter(|_| tenth.samples(&nonzero_id::<16>()))
             .count();
         assert!((9_000..11_000).contains(&hits), "{hits} of {n}");
-        assert!(!sampled_by_ratio(&[0xff; 16], ratio_bound(0.0), false));
-        assert!(sampled_by_ratio(&[0xff; 16], ratio_bound(1.0), true));
+        // The extremes: none at 0 (or below), every id at 1 (or above), the largest included.
+        for (ratio, want) in [(0.0, false), (-1.0, false), (1.0, true), (2.0, true)] {
+            let s = Sampler::new(ratio);
+            for id in [[0xff; 16], [0x01; 16], nonzero_id::<16>()] {
+                assert_eq!(s.samples(&id), want, "ratio {ratio}");
+            }
+        }
         // The same id gets the same decision whatever process decides (OpenTelemetry's rule):
         // the id's low 63 bits against the bound.
-        let bound = ratio_bound(0.1);
         let mut id = [0u8; 16];
-        id[8..].copy_from_slice(&((bound - 1) << 1).to_be_bytes());
-        assert!(sampled_by_ratio(&id, bound, false));
-        id[8..].copy_from_slice(&(bound << 1).to_be_bytes());
-        assert!(!sampled_by_ratio(&id, bound, false));
+        id[8..].copy_from_slice(&((tenth.bound - 1) << 1).to_be_bytes());
+        assert!(tenth.samples(&id));
+        id[8..].copy_from_slice(&(tenth.bound << 1).to_be_bytes());
+        assert!(!tenth.samples(&id));
     }
 
     #[test]
