@@ -171,6 +171,11 @@ auth = {{ bearer = {{ env = "PRIVATE_TOKEN" }} }}
     ] {
         assert!(line.get(key).is_some(), "missing {key} in {line}");
     }
+    // The parts never add up to more than the whole: one clock reading ends both.
+    assert!(
+        line["upstream_ms"].as_f64().unwrap() <= line["duration_ms"].as_f64().unwrap(),
+        "{line}"
+    );
     // Fields without a value are left out: no cold start, no error.
     for key in ["cold_start_ms", "error", "task_id"] {
         assert!(line.get(key).is_none(), "{key} in {line}");

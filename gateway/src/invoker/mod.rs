@@ -902,7 +902,10 @@ impl Record {
             self.usage = slot.finish(self.tenant.as_deref());
         }
         let Some(rt) = self.rt.take() else { return };
-        let elapsed = self.start.elapsed();
+        // One reading of the clock for every figure of the invocation, so that its parts never
+        // add up to more than its whole (upstream_ms ≤ duration_ms).
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.start);
         let function = self.function.map(|i| &rt.functions[i]);
         if let Some(f) = function {
             f.metrics.finished(self.status, elapsed);
@@ -922,8 +925,11 @@ impl Record {
             .map(|t| t.name.as_str());
         let fspec = self.function.map(|i| &rt.config.functions[i]);
         let ids = trace.as_ref().map(|t| t.ids_hex());
+        // The wall clock, read once for the line and the spans (a fraction of a microsecond
+        // after `now`: the metrics above are all that runs between).
+        let now_wall = std::time::SystemTime::now();
         let line = InvocationLog {
-            ts: telemetry::Timestamp::now(),
+            ts: telemetry::Timestamp::at(now_wall),
             kind: "invocation",
             request_id: self.request_id.as_str(),
             trigger,
@@ -935,7 +941,9 @@ impl Record {
             cold_start_readiness_ms: self.cold_start.map(|(_, c)| Ms(c.readiness)),
             task_id: self.task_id.as_deref(),
             queue_wait_ms: Ms(self.queue_wait),
-            upstream_ms: self.upstream_start.map(|s| Ms(s.elapsed())),
+            upstream_ms: self
+                .upstream_start
+                .map(|s| Ms(now.saturating_duration_since(s))),
             duration_ms: Ms(elapsed),
             method: self.method.as_str(),
             path: self.uri.path(),
@@ -959,15 +967,19 @@ impl Record {
         if let Some(trace) = &trace
             && trace.is_sampled()
         {
-            self.export_trace(trace, &line);
+            self.export_trace(trace, &line, now, now_wall);
         }
     }
 
     /// The invocation's span tree, from the marks this record kept.
-    fn export_trace(&self, trace: &telemetry::trace::Invocation, line: &InvocationLog<'_>) {
+    fn export_trace(
+        &self,
+        trace: &telemetry::trace::Invocation,
+        line: &InvocationLog<'_>,
+        now: Instant,
+        now_wall: std::time::SystemTime,
+    ) {
         use telemetry::trace::{Attr, Finished};
-        let now = Instant::now();
-        let now_wall = std::time::SystemTime::now();
         let wall = |at: Instant| telemetry::trace::wall(at, now, now_wall);
         let mut tree = Finished::new(wall(self.start), now_wall);
         if let Some(m) = self.matched_at {

@@ -398,6 +398,11 @@ pub fn next_request_id() -> RequestId {
 /// A number unique per process run and hard to guess: splitmix64 of a counter from a random
 /// seed (request ids, trace and span ids).
 pub(crate) fn unique_u64() -> u64 {
+    unique_u64s::<1>()[0]
+}
+
+/// `N` such numbers for one step of the counter (a trace's ids: one atomic add, not three).
+pub(crate) fn unique_u64s<const N: usize>() -> [u64; N] {
     static SEED: OnceLock<u64> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let seed = *SEED.get_or_init(|| {
@@ -413,14 +418,17 @@ pub(crate) fn unique_u64() -> u64 {
         h.finish()
     });
     // splitmix64 is a bijection, so distinct counters give distinct values.
-    let mut z = seed.wrapping_add(
-        COUNTER
-            .fetch_add(1, Ordering::Relaxed)
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15),
-    );
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    let first = COUNTER.fetch_add(N as u64, Ordering::Relaxed);
+    std::array::from_fn(|i| {
+        let mut z = seed.wrapping_add(
+            first
+                .wrapping_add(i as u64)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    })
 }
 
 /// Each byte's two lower-case hex digits.
@@ -543,12 +551,15 @@ pub struct Timestamp([u8; 24]);
 impl Timestamp {
     /// Now. The date and time of day are formatted once per second per thread.
     pub fn now() -> Self {
+        Timestamp::at(SystemTime::now())
+    }
+
+    /// The time `t` (a clock reading the caller uses for other figures too).
+    pub fn at(t: SystemTime) -> Self {
         thread_local! {
             static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
+        let now = t.duration_since(UNIX_EPOCH).unwrap_or_default();
         let secs = now.as_secs();
         let ms = now.subsec_millis();
         let (at, mut prefix) = SECOND.get();
@@ -697,6 +708,17 @@ mod tests {
         assert_ne!(a.as_str(), b.as_str());
         assert_eq!(a.as_str().len(), 16);
         assert!(a.as_str().bytes().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn ids_taken_together_are_distinct_from_each_other_and_the_next() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            let [a, b, c] = unique_u64s::<3>();
+            for v in [a, b, c, unique_u64()] {
+                assert!(seen.insert(v), "{v:x} twice");
+            }
+        }
     }
 
     #[test]

@@ -190,14 +190,16 @@ pub struct Invocation {
 /// Starts an invocation's trace when tracing is configured.
 pub fn start(headers: &HeaderMap) -> Option<Invocation> {
     let t = TRACING.get()?;
-    let span_id = nonzero_id::<8>();
+    // A span id and, when the client sent no trace, a trace id: one step of the id counter.
+    let [s, t_hi, t_lo] = super::unique_u64s::<3>();
+    let span_id = nonzero(s.to_be_bytes());
     Some(
         match headers.get(&TRACEPARENT).and_then(parse_traceparent) {
             Some((trace_id, parent, sampled)) => {
                 Invocation::new(trace_id, span_id, Some(parent), sampled)
             }
             None => {
-                let trace_id = nonzero_id::<16>();
+                let trace_id = trace_id(t_hi, t_lo);
                 let sampled = t.sampler.samples(&trace_id);
                 Invocation::new(trace_id, span_id, None, sampled)
             }
@@ -205,17 +207,17 @@ pub fn start(headers: &HeaderMap) -> Option<Invocation> {
     )
 }
 
-/// A random id that is not all zeros (W3C: an all-zero id is invalid).
-fn nonzero_id<const N: usize>() -> [u8; N] {
-    let mut out = [0u8; N];
-    for chunk in out.chunks_mut(8) {
-        let r = super::unique_u64().to_be_bytes();
-        chunk.copy_from_slice(&r[..chunk.len()]);
+/// A trace id of two random numbers.
+fn trace_id(hi: u64, lo: u64) -> [u8; 16] {
+    nonzero(((u128::from(hi) << 64) | u128::from(lo)).to_be_bytes())
+}
+
+/// A random id made valid: W3C forbids an all-zero id.
+fn nonzero<const N: usize>(mut id: [u8; N]) -> [u8; N] {
+    if id.iter().all(|&b| b == 0) {
+        id[N - 1] = 1;
     }
-    if out.iter().all(|&b| b == 0) {
-        out[N - 1] = 1;
-    }
-    out
+    id
 }
 
 /// Wall-clock time of a monotonic instant, given one pair read together.
@@ -562,7 +564,7 @@ fn encode_tree(tree: &Finished<'_>, ids: Ids, out: &mut Vec<u8>, scratch: &mut V
         };
         head(
             scratch,
-            &nonzero_id::<8>(),
+            &nonzero(super::unique_u64().to_be_bytes()),
             Some(&root_id),
             name,
             kind,
@@ -681,18 +683,21 @@ mod tests {
         );
     }
 
+    fn random_trace_id() -> [u8; 16] {
+        let [hi, lo] = crate::telemetry::unique_u64s::<2>();
+        trace_id(hi, lo)
+    }
+
     #[test]
     fn ratio_sampling_takes_that_share_of_trace_ids() {
         let tenth = Sampler::new(0.1);
         let n = 100_000;
-        let hits = (0..n)
-            .filter(|_| tenth.samples(&nonzero_id::<16>()))
-            .count();
+        let hits = (0..n).filter(|_| tenth.samples(&random_trace_id())).count();
         assert!((9_000..11_000).contains(&hits), "{hits} of {n}");
         // The extremes: none at 0 (or below), every id at 1 (or above), the largest included.
         for (ratio, want) in [(0.0, false), (-1.0, false), (1.0, true), (2.0, true)] {
             let s = Sampler::new(ratio);
-            for id in [[0xff; 16], [0x01; 16], nonzero_id::<16>()] {
+            for id in [[0xff; 16], [0x01; 16], random_trace_id()] {
                 assert_eq!(s.samples(&id), want, "ratio {ratio}");
             }
         }
