@@ -76,7 +76,7 @@ import re, statistics, sys
 out, rounds, cfgs = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 rps = {c: [float(re.search(r"^Requests/sec:\s+([\d.]+)", open(f"{out}/wrk-{c}-{r}.txt").read(), re.M).group(1))
            for r in range(1, rounds + 1)] for c in cfgs}
-for num, den in [("on", "off"), ("on_file", "off"), ("on_base", "off_base")]:
+for num, den in [("on", "off"), ("on_file", "off"), ("on_base", "off_base"), ("on", "on_base"), ("off", "off_base")]:
     if num in rps and den in rps:
         q = [a / b for a, b in zip(rps[num], rps[den])]
         print(f"{num}/{den} round by round: median {statistics.median(q):.3f} (min {min(q):.3f}, max {max(q):.3f})")
