@@ -160,6 +160,14 @@ pub fn is_hop_by_hop_or_framing(n: &HeaderName) -> bool {
 
 /// Removes hop-by-hop headers, including any the `Connection` header names.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Most messages carry none: one pass over their few names instead of a hashed lookup for
+    // each of the nine names below (twice per request: its headers and the response's).
+    if !h
+        .keys()
+        .any(|k| HOP_BY_HOP.contains(k) || k == header::TRANSFER_ENCODING)
+    {
+        return;
+    }
     if h.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = h
             .get_all(header::CONNECTION)
@@ -194,13 +202,53 @@ pub fn add_forwarded(
     tls: bool,
     host: Option<&str>,
 ) {
-    let ip = client_ip.to_string();
-    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
+    // The address as text without the formatting machinery (every request has one).
+    let mut text = [0u8; 39];
+    let ip: &[u8] = match client_ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut n = 0;
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    text[n] = b'.';
+                    n += 1;
+                }
+                if o >= 100 {
+                    text[n] = b'0' + o / 100;
+                    n += 1;
+                }
+                if o >= 10 {
+                    text[n] = b'0' + o / 10 % 10;
+                    n += 1;
+                }
+                text[n] = b'0' + o % 10;
+                n += 1;
+            }
+            &text[..n]
+        }
+        std::net::IpAddr::V6(_) => {
+            let s = client_ip.to_string();
+            let n = s.len().min(text.len());
+            text[..n].copy_from_slice(&s.as_bytes()[..n]);
+            &text[..n]
+        }
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        h.insert(X_FORWARDED_FOR.clone(), v);
+    // One hashed lookup for reading and replacing x-forwarded-for.
+    match h.entry(&X_FORWARDED_FOR) {
+        header::Entry::Occupied(mut e) => {
+            let prev = e.get().to_str().ok().filter(|p| !p.trim().is_empty());
+            let xff = match prev {
+                Some(prev) => HeaderValue::from_bytes(&[prev.as_bytes(), b", ", ip].concat()),
+                None => HeaderValue::from_bytes(ip),
+            };
+            if let Ok(v) = xff {
+                e.insert(v);
+            }
+        }
+        header::Entry::Vacant(e) => {
+            if let Ok(v) = HeaderValue::from_bytes(ip) {
+                e.insert(v);
+            }
+        }
     }
     h.insert(
         X_FORWARDED_PROTO.clone(),
@@ -248,5 +296,45 @@ mod tests {
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, 127.0.0.1");
         assert_eq!(h[&X_FORWARDED_PROTO], "https");
         assert_eq!(h[&X_FORWARDED_HOST], "gw.example");
+        // Written as `Display` writes them; an empty previous value is replaced.
+        for ip in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+        ] {
+            for prev in [None, Some(""), Some("10.0.0.1")] {
+                let mut h = HeaderMap::new();
+                if let Some(p) = prev {
+                    h.insert(&X_FORWARDED_FOR, HeaderValue::from_static(p));
+                }
+                add_forwarded(&mut h, ip.parse().unwrap(), false, None);
+                let want = match prev {
+                    Some(p) if !p.is_empty() => format!("{p}, {ip}"),
+                    _ => ip.to_string(),
+                };
+                assert_eq!(h[&X_FORWARDED_FOR], want.as_str());
+                assert_eq!(h[&X_FORWARDED_PROTO], "http");
+                assert!(!h.contains_key(&X_FORWARDED_HOST));
+            }
+        }
+    }
+
+    #[test]
+    fn messages_without_hop_by_hop_headers_are_left_alone() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        h.insert("x-custom", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
+        // Each hop-by-hop name alone is found by the one pass and removed.
+        for n in HOP_BY_HOP.iter().chain([&header::TRANSFER_ENCODING]) {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            h.insert(n.clone(), HeaderValue::from_static("x"));
+            strip_hop_by_hop(&mut h);
+            assert_eq!(h.len(), 1, "{n}");
+        }
     }
 }
