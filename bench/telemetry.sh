@@ -9,7 +9,8 @@
 # Besides req/s, each round records fngate's CPU time per request (utime + stime of the process
 # over the round / requests served): less sensitive than throughput to a noisy neighbour.
 # BASE=DIR (a release dir holding an older fngate) adds off_base and on_base, "off" and "on" run
-# by that binary, to compare two builds side by side.
+# by that binary, to compare two builds side by side. PIECES=1 adds traces_only, logs_only and
+# stdout_only (bench/telemetry_common.sh), each reported over "off" round by round.
 #
 #   bench/telemetry.sh               # ROUNDS=5 DUR=8 CONNS=64
 set -euo pipefail
@@ -29,6 +30,8 @@ start_collector taskset -c 1
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 declare -A gwpid addr
 CFGS="off on on_file ${BASE:+off_base on_base}"
+# PIECES=1: also traces alone, the log sinks alone, stdout with traces (what each piece costs).
+if [ "${PIECES:-0}" = 1 ]; then CFGS="$CFGS traces_only logs_only stdout_only"; fi
 for cfg in $CFGS; do
     dir="$out/$cfg"
     gateway_config "$dir" "$cfg"
@@ -49,7 +52,7 @@ for r in $(seq "$ROUNDS"); do
         rps=$(awk '/^Requests\/sec/ {print $2}' "$out/wrk-$cfg-$r.txt")
         n=$(awk '/requests in/ {print $1}' "$out/wrk-$cfg-$r.txt")
         us=$(awk -v t="$((t1 - t0))" -v hz="$(getconf CLK_TCK)" -v n="$n" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
-        echo "round $r $cfg: $rps req/s, $us us CPU/request"
+        echo "round $r $cfg: $rps req/s, $us us CPU/request" | tee -a "$out/rounds.txt"
         res[$cfg]+="$rps "; cpu[$cfg]+="$us "
     done
 done
@@ -76,8 +79,14 @@ import re, statistics, sys
 out, rounds, cfgs = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 rps = {c: [float(re.search(r"^Requests/sec:\s+([\d.]+)", open(f"{out}/wrk-{c}-{r}.txt").read(), re.M).group(1))
            for r in range(1, rounds + 1)] for c in cfgs}
-for num, den in [("on", "off"), ("on_file", "off"), ("on_base", "off_base"), ("on", "on_base"), ("off", "off_base")]:
+cpu = {c: [float(re.search(r"([\d.]+) us CPU/request", l).group(1)) for l in open(f"{out}/rounds.txt") if f" {c}: " in l]
+       for c in cfgs}
+pairs = [("on", "off"), ("on_file", "off"), ("on_base", "off_base"), ("on", "on_base"), ("off", "off_base"),
+         ("traces_only", "off"), ("logs_only", "off"), ("stdout_only", "off")]
+for num, den in pairs:
     if num in rps and den in rps:
         q = [a / b for a, b in zip(rps[num], rps[den])]
-        print(f"{num}/{den} round by round: median {statistics.median(q):.3f} (min {min(q):.3f}, max {max(q):.3f})")
+        d = [a - b for a, b in zip(cpu[num], cpu[den])]
+        print(f"{num}/{den} round by round: median {statistics.median(q):.3f} (min {min(q):.3f}, max {max(q):.3f}),"
+              f" CPU per request {statistics.median(d):+.2f} us")
 PY

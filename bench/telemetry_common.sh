@@ -6,7 +6,11 @@
 #            Prometheus recorder is the one way fngate counts);
 #   on:      log lines to stdout and a size-rotated file, OTLP traces at sample_ratio 0.1 to a
 #            real collector (rotel, discarding what it receives);
-#   on_file: the same with one log sink, the file (what a deployment that ships files runs).
+#   on_file: the same with one log sink, the file (what a deployment that ships files runs);
+#   and, to tell the pieces apart (bench/telemetry.sh with PIECES=1):
+#   traces_only: no log sink, OTLP traces at 0.1;
+#   logs_only:   the two log sinks of "on", no traces;
+#   stdout_only: stdout (to /dev/null) and traces at 0.1, no file.
 
 rotel="${FNGATE_ROTEL:-$(python3 -c 'import rotel, os; print(os.path.join(os.path.dirname(rotel.__file__), "rotel-agent"))')}"
 backend_port=$PORT_BASE
@@ -23,10 +27,23 @@ start_collector() {
     pids+=($!)
 }
 
-ON="log = { stdout = true, file = { path = \"logs/fngate.log\", max_size = \"64MiB\", keep = 2 } }
-otlp = { endpoint = \"http://$otlp_http\" }
-traces = { sample_ratio = 0.1 }"
-ON_FILE=${ON/stdout = true/stdout = false}
+OTLP="otlp = { endpoint = \"http://$otlp_http\" }"
+TRACES="traces = { sample_ratio = 0.1 }"
+FILE='file = { path = "logs/fngate.log", max_size = "64MiB", keep = 2 }'
+ON="log = { stdout = true, $FILE }
+$OTLP
+$TRACES"
+ON_FILE="log = { stdout = false, $FILE }
+$OTLP
+$TRACES"
+TRACES_ONLY="log = { stdout = false }
+$OTLP
+$TRACES"
+LOGS_ONLY="log = { stdout = true, $FILE }
+$OTLP"
+STDOUT_ONLY="log = { stdout = true }
+$OTLP
+$TRACES"
 
 # The telemetry section of a configuration by name (*_base: the same, run by the BASE build).
 telemetry_section() {
@@ -34,6 +51,9 @@ telemetry_section() {
         off | off_base) echo 'log = { stdout = false }' ;;
         on | on_base) echo "$ON" ;;
         on_file) echo "$ON_FILE" ;;
+        traces_only) echo "$TRACES_ONLY" ;;
+        logs_only) echo "$LOGS_ONLY" ;;
+        stdout_only) echo "$STDOUT_ONLY" ;;
         *) echo "unknown configuration $1" >&2; return 1 ;;
     esac
 }
