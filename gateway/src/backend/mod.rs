@@ -141,7 +141,9 @@ impl Body for UpstreamBody {
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1); never forwarded.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// A `static`: a `const` array of header names would be built (and dropped) again at every
+/// use, and `strip_hop_by_hop` looks at it for each header of every message.
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -202,50 +204,24 @@ pub fn add_forwarded(
     tls: bool,
     host: Option<&str>,
 ) {
-    // The address as text without the formatting machinery (every request has one).
-    let mut text = [0u8; 39];
-    let ip: &[u8] = match client_ip {
-        std::net::IpAddr::V4(v4) => {
-            let mut n = 0;
-            for (i, o) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    text[n] = b'.';
-                    n += 1;
-                }
-                if o >= 100 {
-                    text[n] = b'0' + o / 100;
-                    n += 1;
-                }
-                if o >= 10 {
-                    text[n] = b'0' + o / 10 % 10;
-                    n += 1;
-                }
-                text[n] = b'0' + o % 10;
-                n += 1;
-            }
-            &text[..n]
-        }
-        std::net::IpAddr::V6(_) => {
-            let s = client_ip.to_string();
-            let n = s.len().min(text.len());
-            text[..n].copy_from_slice(&s.as_bytes()[..n]);
-            &text[..n]
-        }
-    };
+    let mut text = [0; 45];
+    let ip = crate::telemetry::ip_text(client_ip, &mut text);
     // One hashed lookup for reading and replacing x-forwarded-for.
-    match h.entry(&X_FORWARDED_FOR) {
-        header::Entry::Occupied(mut e) => {
-            let prev = e.get().to_str().ok().filter(|p| !p.trim().is_empty());
-            let xff = match prev {
-                Some(prev) => HeaderValue::from_bytes(&[prev.as_bytes(), b", ", ip].concat()),
-                None => HeaderValue::from_bytes(ip),
-            };
-            if let Ok(v) = xff {
+    let entry = h.entry(&X_FORWARDED_FOR);
+    let prev = match &entry {
+        header::Entry::Occupied(e) => e.get().to_str().ok().filter(|p| !p.trim().is_empty()),
+        header::Entry::Vacant(_) => None,
+    };
+    let xff = match prev {
+        Some(prev) => HeaderValue::from_bytes(&[prev.as_bytes(), b", ", ip].concat()),
+        None => HeaderValue::from_bytes(ip),
+    };
+    if let Ok(v) = xff {
+        match entry {
+            header::Entry::Occupied(mut e) => {
                 e.insert(v);
             }
-        }
-        header::Entry::Vacant(e) => {
-            if let Ok(v) = HeaderValue::from_bytes(ip) {
+            header::Entry::Vacant(e) => {
                 e.insert(v);
             }
         }

@@ -159,19 +159,7 @@ impl InvocationLog<'_> {
         out.extend_from_slice(b",\"protocol\":");
         raw_str(out, self.protocol);
         out.extend_from_slice(b",\"client\":\"");
-        match self.client {
-            std::net::IpAddr::V4(v4) => {
-                for (i, o) in v4.octets().into_iter().enumerate() {
-                    if i > 0 {
-                        out.push(b'.');
-                    }
-                    write_u64(out, u64::from(o));
-                }
-            }
-            v6 => {
-                let _ = write!(out, "{v6}");
-            }
-        }
+        out.extend_from_slice(super::ip_text(self.client, &mut [0; 45]));
         out.extend_from_slice(b"\",\"status\":");
         write_u64(out, u64::from(self.status));
         out.extend_from_slice(b",\"bytes_in\":");
@@ -376,7 +364,7 @@ const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819202122232425
 
 #[inline(always)]
 fn write_u64(out: &mut Vec<u8>, v: u64) {
-    // Most figures in a line are small (IPv4 octets, milliseconds, byte counts of 0).
+    // Most figures in a line are small (milliseconds, byte counts of 0).
     if v < 10 {
         out.push(b'0' + v as u8);
     } else if v < 100 {

@@ -450,6 +450,41 @@ pub fn hex_into(out: &mut [u8], bytes: &[u8]) {
     }
 }
 
+/// An IP address as `Display` writes it, into `buf`, without the formatting machinery for
+/// IPv4 (every request writes its client's: `x-forwarded-for`, the log line).
+pub fn ip_text(ip: std::net::IpAddr, buf: &mut [u8; 45]) -> &[u8] {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut n = 0;
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[n] = b'.';
+                    n += 1;
+                }
+                if o >= 100 {
+                    buf[n] = b'0' + o / 100;
+                    n += 1;
+                }
+                if o >= 10 {
+                    buf[n] = b'0' + o / 10 % 10;
+                    n += 1;
+                }
+                buf[n] = b'0' + o % 10;
+                n += 1;
+            }
+            &buf[..n]
+        }
+        // At most 45 characters (an IPv4-mapped form included): the write cannot fall short.
+        std::net::IpAddr::V6(v6) => {
+            use std::io::Write as _;
+            let mut rest = &mut buf[..];
+            let _ = write!(rest, "{v6}");
+            let n = 45 - rest.len();
+            &buf[..n]
+        }
+    }
+}
+
 /// One hex digit's value (either case); `None` for anything else.
 pub fn hex_digit(c: u8) -> Option<u8> {
     match c {
@@ -718,6 +753,23 @@ mod tests {
             for v in [a, b, c, unique_u64()] {
                 assert!(seen.insert(v), "{v:x} twice");
             }
+        }
+    }
+
+    #[test]
+    fn ip_text_is_display() {
+        for ip in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:255.255.255.255",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(ip, &mut [0; 45]), ip.to_string().as_bytes());
         }
     }
 
