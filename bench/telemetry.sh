@@ -2,7 +2,8 @@
 # Telemetry overhead, side by side in one run: throughput through fngate with telemetry off,
 # on (stdout to /dev/null and a size-rotated file, OTLP traces at 0.1) and on_file (the file
 # sink alone); the configurations are in bench/telemetry_common.sh.
-# wrk closed loop, CONNS connections, plaintext HTTP/1.1 keep-alive, GET /bytes/1024 through one
+# wrk closed loop, CONNS connections, plaintext HTTP/1.1 keep-alive (TLS=1: over TLS to the public
+# listener, TLS 1.3 with its self-signed certificate), GET /bytes/1024 through one
 # static-backend function; ROUNDS interleaved rounds. Pinning as bench/run.sh: fngate on core 0
 # with one worker; wrk, the backend and the collector on core 1. Raw output: bench/out/telemetry/.
 #
@@ -16,6 +17,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${ROUNDS:-5}" DUR="${DUR:-8}" CONNS="${CONNS:-64}"
+scheme=http listener=plaintext
+if [ "${TLS:-0}" = 1 ]; then scheme=https listener=public; fi
 out=bench/out/telemetry
 rm -rf "$out" && mkdir -p "$out"
 [ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release --locked -p fngate -p demo-backend
@@ -38,7 +41,7 @@ for cfg in $CFGS; do
     b=$bin; [ "${cfg%_base}" != "$cfg" ] && b=$BASE
     TOKIO_WORKER_THREADS=1 taskset -c 0 "$b/fngate" serve --config "$dir/fngate.toml" >/dev/null 2>"$dir/stderr.log" &
     pids+=($!); gwpid[$cfg]=$!
-    addr[$cfg]=$(plaintext_addr "$dir")
+    addr[$cfg]=$(listener_addr "$dir" "$listener")
     echo "${addr[$cfg]}" >"$out/$cfg.addr"
 done
 
@@ -47,9 +50,13 @@ for r in $(seq "$ROUNDS"); do
     for cfg in $CFGS; do
         a=${addr[$cfg]}; p=${gwpid[$cfg]}
         t0=$(cpu_ticks "$p")
-        taskset -c 1 wrk -t1 -c"$CONNS" -d"${DUR}s" "http://$a/b/bytes/1024" >"$out/wrk-$cfg-$r.txt"
+        taskset -c 1 wrk -t1 -c"$CONNS" -d"${DUR}s" "$scheme://$a/b/bytes/1024" >"$out/wrk-$cfg-$r.txt"
         t1=$(cpu_ticks "$p")
         rps=$(awk '/^Requests\/sec/ {print $2}' "$out/wrk-$cfg-$r.txt")
+        # A figure made of errors is no figure: say so next to it.
+        if grep -qE "Non-2xx|Socket errors" "$out/wrk-$cfg-$r.txt"; then
+            echo "round $r $cfg: wrk saw errors: $(grep -E 'Non-2xx|Socket errors' "$out/wrk-$cfg-$r.txt" | tr '\n' ' ')"
+        fi
         n=$(awk '/requests in/ {print $1}' "$out/wrk-$cfg-$r.txt")
         us=$(awk -v t="$((t1 - t0))" -v hz="$(getconf CLK_TCK)" -v n="$n" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
         echo "round $r $cfg: $rps req/s, $us us CPU/request" | tee -a "$out/rounds.txt"

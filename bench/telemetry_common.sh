@@ -84,8 +84,12 @@ path = "/b"
 TOML
 }
 
-# plaintext_addr DIR [TRIES]: waits for the gateway started in DIR to list its listeners.
-plaintext_addr() {
-    for _ in $(seq "${2:-100}"); do [ -f "$1/data/listeners.json" ] && break; sleep 0.1; done
-    python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['plaintext'])" "$1/data/listeners.json"
+# listener_addr DIR KEY [TRIES]: waits for the gateway started in DIR to list its listeners and
+# prints one of them (KEY: plaintext, or public for the TLS listener with its self-signed
+# certificate).
+listener_addr() {
+    for _ in $(seq "${3:-100}"); do [ -f "$1/data/listeners.json" ] && break; sleep 0.1; done
+    python3 -c "import json,sys;print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1/data/listeners.json" "$2"
 }
+# plaintext_addr DIR [TRIES]
+plaintext_addr() { listener_addr "$1" plaintext "${2:-100}"; }

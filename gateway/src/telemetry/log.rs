@@ -314,6 +314,11 @@ fn opt_ms(out: &mut Vec<u8>, key: &[u8], v: Option<Ms>) {
 /// A usage figure as `metering::round_ns` rounds it (nanosecond resolution), trailing zeros
 /// left out: `0.000197209`.
 fn json_ns(out: &mut Vec<u8>, v: f64) {
+    if v == 0.0 {
+        // A share the instance does not have (no GPU): the most common figure after none.
+        out.extend_from_slice(b"0.0");
+        return;
+    }
     if !(v.is_finite() && (0.0..1e9).contains(&v)) {
         return json_f64(out, crate::metering::round_ns(v));
     }
@@ -1182,7 +1187,59 @@ mod tests {
             span_id: None,
             ..full
         };
-        for line in [&full, &bare] {
+        // Every figure at its widest (non-finite and huge usage figures take serde_json's
+        // float form) and every string empty.
+        let wide_usage = crate::metering::Usage {
+            busy_s: f64::MAX,
+            vcpu_s: -f64::MIN_POSITIVE,
+            memory_gb_s: 999_999_999.999_999_9,
+            gpu_gb_s: f64::NAN,
+            gpu_type: Some("".into()),
+            billing: crate::metering::Billing::Request,
+        };
+        let widest = Ms(Duration::MAX);
+        let wide = InvocationLog {
+            request_id: "",
+            trigger: Some(""),
+            function: Some(""),
+            instance_id: Some(""),
+            instance_kind: Some(""),
+            cold_start_ms: Some(widest),
+            cold_start_spawn_ms: Some(widest),
+            cold_start_readiness_ms: Some(widest),
+            task_id: Some(""),
+            queue_wait_ms: widest,
+            upstream_ms: Some(widest),
+            duration_ms: widest,
+            method: "",
+            path: "",
+            protocol: "",
+            client: "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"
+                .parse()
+                .unwrap(),
+            status: u16::MAX,
+            bytes_in: u64::MAX,
+            bytes_out: u64::MAX,
+            error: Some(""),
+            tenant: Some(""),
+            usage: Some(&wide_usage),
+            trace_id: Some(Hex(b"")),
+            span_id: Some(Hex(b"")),
+            ..full
+        };
+        // Every escaped string at its worst: six bytes for each byte.
+        let worst = "\u{1}".repeat(300);
+        let escapes = InvocationLog {
+            trigger: Some(&worst),
+            function: Some(&worst),
+            instance_id: Some(&worst),
+            task_id: Some(&worst),
+            path: &worst,
+            error: Some(&worst),
+            tenant: Some(&worst),
+            ..wide
+        };
+        for line in [&full, &bare, &wide, &escapes] {
             let mut buf = Vec::new();
             line.write_json(&mut buf);
             let hand: serde_json::Value = serde_json::from_slice(&buf)
