@@ -8,6 +8,7 @@ use crate::body::ResponseBody;
 use crate::error::error_response;
 use crate::queue::{ListFilter, StoreError, Task, TaskState};
 use crate::state::Gateway;
+use crate::telemetry::hex_digit;
 use http::{Method, Response, StatusCode};
 use serde_json::json;
 
@@ -132,7 +133,7 @@ pub(super) fn percent_decode(s: &str) -> String {
     while i < b.len() {
         if b[i] == b'%'
             && i + 2 < b.len()
-            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+            && let (Some(h), Some(l)) = (hex_digit(b[i + 1]), hex_digit(b[i + 2]))
         {
             out.push(h * 16 + l);
             i += 3;
@@ -142,10 +143,6 @@ pub(super) fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(c: u8) -> Option<u8> {
-    (c as char).to_digit(16).map(|d| d as u8)
 }
 
 fn task_json(t: &Task) -> serde_json::Value {

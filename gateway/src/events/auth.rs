@@ -149,15 +149,8 @@ fn parse_signature(v: &[u8]) -> Option<[u8; 32]> {
         .get(..7)
         .filter(|p| p.eq_ignore_ascii_case(b"sha256="))
         .and(v.get(7..))?;
-    if hex.len() != 64 {
-        return None;
-    }
     let mut out = [0u8; 32];
-    for (i, pair) in hex.chunks_exact(2).enumerate() {
-        let h = (pair[0] as char).to_digit(16)?;
-        let l = (pair[1] as char).to_digit(16)?;
-        out[i] = (h * 16 + l) as u8;
-    }
+    crate::telemetry::unhex(hex, &mut out)?;
     Some(out)
 }
 

@@ -23,6 +23,7 @@
 
 use super::{ObjectEvent, Origin, base64_decode, strip_event_prefix};
 use crate::config::MAX_EVENT_MAX_RECORDS;
+use crate::telemetry::hex_digit;
 use serde::de::{DeserializeOwned, Error as _, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
@@ -530,10 +531,9 @@ pub(super) fn form_decode(s: &str) -> Result<String, String> {
                 i += 1;
             }
             b'%' => {
-                let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
                 match (
-                    b.get(i + 1).and_then(|&c| hex(c)),
-                    b.get(i + 2).and_then(|&c| hex(c)),
+                    b.get(i + 1).and_then(|&c| hex_digit(c)),
+                    b.get(i + 2).and_then(|&c| hex_digit(c)),
                 ) {
                     (Some(h), Some(l)) => {
                         out.push(h << 4 | l);

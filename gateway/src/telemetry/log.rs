@@ -315,7 +315,7 @@ fn opt_ms(out: &mut Vec<u8>, key: &[u8], v: Option<Ms>) {
 /// left out: `0.000197209`.
 fn json_ns(out: &mut Vec<u8>, v: f64) {
     if v == 0.0 {
-        // A share the instance does not have (no GPU): the most common figure after none.
+        // A share the instance does not have (gpu_gb_s without a GPU): no digits to work out.
         out.extend_from_slice(b"0.0");
         return;
     }
