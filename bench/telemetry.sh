@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Telemetry overhead, side by side in one run: throughput through fngate with telemetry off,
-# on (stdout to /dev/null and a size-rotated file, OTLP traces at 0.1) and on_file (the file
+# on (stdout to a pipe and a size-rotated file, OTLP traces at 0.1) and on_file (the file
 # sink alone); the configurations are in bench/telemetry_common.sh.
 # wrk closed loop, CONNS connections, plaintext HTTP/1.1 keep-alive (TLS=1: over TLS to the public
 # listener, TLS 1.3 with its self-signed certificate), GET /bytes/1024 through one
@@ -39,7 +39,11 @@ for cfg in $CFGS; do
     dir="$out/$cfg"
     gateway_config "$dir" "$cfg"
     b=$bin; [ "${cfg%_base}" != "$cfg" ] && b=$BASE
-    TOKIO_WORKER_THREADS=1 taskset -c 0 "$b/fngate" serve --config "$dir/fngate.toml" >/dev/null 2>"$dir/stderr.log" &
+    # stdout is a pipe, read on core 1, as a container runtime or a log agent reads it: the
+    # kernel's copy into the pipe is part of the stdout sink's cost (/dev/null would hide it).
+    mkfifo "$dir/stdout.pipe"
+    taskset -c 1 cat "$dir/stdout.pipe" >/dev/null & pids+=($!)
+    TOKIO_WORKER_THREADS=1 taskset -c 0 "$b/fngate" serve --config "$dir/fngate.toml" >"$dir/stdout.pipe" 2>"$dir/stderr.log" &
     pids+=($!); gwpid[$cfg]=$!
     addr[$cfg]=$(listener_addr "$dir" "$listener")
     echo "${addr[$cfg]}" >"$out/$cfg.addr"

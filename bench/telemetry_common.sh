@@ -10,7 +10,8 @@
 #   and, to tell the pieces apart (bench/telemetry.sh with PIECES=1):
 #   traces_only: no log sink, OTLP traces at 0.1;
 #   logs_only:   the two log sinks of "on", no traces;
-#   stdout_only: stdout (to /dev/null) and traces at 0.1, no file.
+#   stdout_only: stdout and traces at 0.1, no file (the default sink with traces).
+# bench/telemetry.sh gives each gateway's stdout to a pipe read on core 1.
 
 rotel="${FNGATE_ROTEL:-$(python3 -c 'import rotel, os; print(os.path.join(os.path.dirname(rotel.__file__), "rotel-agent"))')}"
 backend_port=$PORT_BASE

@@ -758,6 +758,104 @@ fn parse_rfc3339(s: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
+    /// A gRPC server on loopback (plain HTTP/2) that keeps each call's path and body and answers
+    /// with a length-prefixed message and `grpc-status` from `answers`, in turn.
+    fn grpc_server(
+        answers: Vec<(&'static str, &'static str)>,
+    ) -> (String, std::sync::mpsc::Receiver<(String, bytes::Bytes)>) {
+        use http_body_util::BodyExt;
+        let (seen_tx, seen) = std::sync::mpsc::channel();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let answers = Arc::new(Mutex::new(answers.into_iter()));
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let Ok((conn, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let (seen_tx, answers) = (seen_tx.clone(), answers.clone());
+                    let service = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let (seen_tx, answers) = (seen_tx.clone(), answers.clone());
+                            async move {
+                                let path = req.uri().path().to_string();
+                                let body = req.into_body().collect().await?.to_bytes();
+                                let _ = seen_tx.send((path, body));
+                                let (status, message) =
+                                    answers.lock().unwrap().next().unwrap_or(("0", ""));
+                                let mut trailers = http::HeaderMap::new();
+                                trailers.insert("grpc-status", status.parse().unwrap());
+                                if !message.is_empty() {
+                                    trailers.insert("grpc-message", message.parse().unwrap());
+                                }
+                                // An export response: a partial-success note the codec must read and
+                                // let go of (field 1, a message holding rejected_spans = 3).
+                                const REPLY: &[u8] = &[0, 0, 0, 0, 4, 0x0a, 0x02, 0x08, 0x03];
+                                let frames = futures_util::stream::iter([
+                                    Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(
+                                        bytes::Bytes::from_static(REPLY),
+                                    )),
+                                    Ok(hyper::body::Frame::trailers(trailers)),
+                                ]);
+                                Ok::<_, hyper::Error>(
+                                    hyper::Response::builder()
+                                        .header("content-type", "application/grpc")
+                                        .body(http_body_util::StreamBody::new(frames))
+                                        .unwrap(),
+                                )
+                            }
+                        },
+                    );
+                    tokio::spawn(
+                        hyper::server::conn::http2::Builder::new(
+                            hyper_util::rt::TokioExecutor::new(),
+                        )
+                        .serve_connection(hyper_util::rt::TokioIo::new(conn), service),
+                    );
+                }
+            });
+        });
+        (format!("http://{addr}"), seen)
+    }
+
+    #[test]
+    fn the_raw_grpc_codec_sends_the_bytes_as_they_are_and_reads_the_answer() {
+        let (endpoint, seen) = grpc_server(vec![("0", ""), ("8", "collector is full")]);
+        let client = Client::new(&OtlpSpec {
+            endpoint: endpoint.clone(),
+            protocol: OtlpProtocol::Grpc,
+        })
+        .unwrap();
+        // Any bytes: the codec neither parses nor re-encodes what it is given.
+        let encoded: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+        client.export_traces(encoded.clone()).unwrap();
+        let (path, body) = seen.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(
+            path,
+            "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+        );
+        // One gRPC message: not compressed, its length big-endian, then the bytes unchanged.
+        assert_eq!(body[0], 0);
+        assert_eq!(body[1..5], (encoded.len() as u32).to_be_bytes());
+        assert_eq!(&body[5..], &encoded[..]);
+        // A refusal comes back as an error naming the collector and what it said.
+        let err = client.export_traces(vec![1, 2, 3]).unwrap_err();
+        assert!(
+            err.contains(&endpoint) && err.contains("gRPC traces"),
+            "{err}"
+        );
+        assert!(err.contains("collector is full"), "{err}");
+        let (_, body) = seen.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(&body[..], &[0, 0, 0, 0, 3, 1, 2, 3]);
+    }
+
     #[test]
     fn timestamps_parse_back() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
