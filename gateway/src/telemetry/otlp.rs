@@ -758,17 +758,58 @@ fn parse_rfc3339(s: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
-    /// A gRPC server on loopback (plain HTTP/2) that keeps each call's path and body and answers
-    /// with a length-prefixed message and `grpc-status` from `answers`, in turn.
+    /// What the test server saw of one call: its path and body.
+    type Seen = std::sync::mpsc::Sender<(String, bytes::Bytes)>;
+    /// The `grpc-status` and `grpc-message` of the answers still to give.
+    type Answers = Arc<Mutex<std::vec::IntoIter<(&'static str, &'static str)>>>;
+
+    /// One call to the test server: keeps its path and body, answers with a length-prefixed
+    /// message and the next `grpc-status` (0 once `answers` run out).
+    async fn answer(
+        req: hyper::Request<hyper::body::Incoming>,
+        seen: Seen,
+        answers: Answers,
+    ) -> Result<
+        hyper::Response<
+            impl hyper::body::Body<Data = bytes::Bytes, Error = std::convert::Infallible>,
+        >,
+        hyper::Error,
+    > {
+        use http_body_util::BodyExt;
+        let path = req.uri().path().to_string();
+        let body = req.into_body().collect().await?.to_bytes();
+        let _ = seen.send((path, body));
+        let (status, message) = answers.lock().unwrap().next().unwrap_or(("0", ""));
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", status.parse().unwrap());
+        if !message.is_empty() {
+            trailers.insert("grpc-message", message.parse().unwrap());
+        }
+        // An export response: a partial-success note the codec must read and let go of (field 1,
+        // a message holding rejected_spans = 3).
+        const REPLY: &[u8] = &[0, 0, 0, 0, 4, 0x0a, 0x02, 0x08, 0x03];
+        let frames = futures_util::stream::iter([
+            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from_static(
+                REPLY,
+            ))),
+            Ok(hyper::body::Frame::trailers(trailers)),
+        ]);
+        Ok(hyper::Response::builder()
+            .header("content-type", "application/grpc")
+            .body(http_body_util::StreamBody::new(frames))
+            .unwrap())
+    }
+
+    /// A gRPC server on loopback (plain HTTP/2, its own thread and runtime) answering each call
+    /// with `answer`; the receiver gets what each call sent.
     fn grpc_server(
         answers: Vec<(&'static str, &'static str)>,
     ) -> (String, std::sync::mpsc::Receiver<(String, bytes::Bytes)>) {
-        use http_body_util::BodyExt;
         let (seen_tx, seen) = std::sync::mpsc::channel();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
-        let answers = Arc::new(Mutex::new(answers.into_iter()));
+        let answers: Answers = Arc::new(Mutex::new(answers.into_iter()));
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -776,43 +817,11 @@ mod tests {
                 .unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                loop {
-                    let Ok((conn, _)) = listener.accept().await else {
-                        return;
-                    };
+                while let Ok((conn, _)) = listener.accept().await {
                     let (seen_tx, answers) = (seen_tx.clone(), answers.clone());
-                    let service = hyper::service::service_fn(
-                        move |req: hyper::Request<hyper::body::Incoming>| {
-                            let (seen_tx, answers) = (seen_tx.clone(), answers.clone());
-                            async move {
-                                let path = req.uri().path().to_string();
-                                let body = req.into_body().collect().await?.to_bytes();
-                                let _ = seen_tx.send((path, body));
-                                let (status, message) =
-                                    answers.lock().unwrap().next().unwrap_or(("0", ""));
-                                let mut trailers = http::HeaderMap::new();
-                                trailers.insert("grpc-status", status.parse().unwrap());
-                                if !message.is_empty() {
-                                    trailers.insert("grpc-message", message.parse().unwrap());
-                                }
-                                // An export response: a partial-success note the codec must read and
-                                // let go of (field 1, a message holding rejected_spans = 3).
-                                const REPLY: &[u8] = &[0, 0, 0, 0, 4, 0x0a, 0x02, 0x08, 0x03];
-                                let frames = futures_util::stream::iter([
-                                    Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(
-                                        bytes::Bytes::from_static(REPLY),
-                                    )),
-                                    Ok(hyper::body::Frame::trailers(trailers)),
-                                ]);
-                                Ok::<_, hyper::Error>(
-                                    hyper::Response::builder()
-                                        .header("content-type", "application/grpc")
-                                        .body(http_body_util::StreamBody::new(frames))
-                                        .unwrap(),
-                                )
-                            }
-                        },
-                    );
+                    let service = hyper::service::service_fn(move |req| {
+                        answer(req, seen_tx.clone(), answers.clone())
+                    });
                     tokio::spawn(
                         hyper::server::conn::http2::Builder::new(
                             hyper_util::rt::TokioExecutor::new(),
